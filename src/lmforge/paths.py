@@ -1,0 +1,32 @@
+"""Where each stage reads and writes, relative to the repository root (dvc.yaml lists the same paths).
+
+data/processed/ (preprocess):
+    tokenizer/        `PreTrainedTokenizerFast.save_pretrained`; eos = pad = "<|endoftext|>"
+    lm_general/       DatasetDict train/validation/test; column `input_ids`: list[int] of block_size
+    lm_domain/        same, from the unlabelled reviews
+    task/             DatasetDict train/validation/test; columns `text` (str, cleaned review),
+                      `label` (int, index into label_words), `prompt_ids` (list[int]: review + prompt)
+    task_meta.json    {"prompt", "label_words", "label_token_ids", "block_size"}
+models/<name>/        `save_pretrained` folders (safetensors + tokenizer); models/quantized has its own
+                      manifest and loader (lmforge.compression.quantize.load_quantized)
+"""
+
+from pathlib import Path
+
+PROCESSED = Path("data/processed")
+TOKENIZER = PROCESSED / "tokenizer"
+LM_GENERAL = PROCESSED / "lm_general"
+LM_DOMAIN = PROCESSED / "lm_domain"
+TASK = PROCESSED / "task"
+TASK_META = PROCESSED / "task_meta.json"
+
+MODELS = Path("models")
+CHECKPOINTS = Path("checkpoints")  # DVC `persist: true`: survives a rerun so a killed run resumes
+DVCLIVE = Path("dvclive")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+REPORTS = Path("reports")
+
+
+def model_dir(name: str) -> Path:
+    return MODELS / name
