@@ -122,6 +122,7 @@ class RecoveryConfig:
     temperature: float = spec(gt=0.0, le=100.0)
     alpha_kd: float = spec(ge=0.0)
     alpha_ce: float = spec(ge=0.0)
+    mixture: MixtureConfig = spec()
 
 
 @dataclass

@@ -1,0 +1,29 @@
+# The two commands:   make pipeline   (set-up + the whole pipeline)    make test   (set-up + tests)
+VENV ?= .venv
+PYTHON ?= python3
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup pipeline test params lint
+
+# Re-installs when pyproject.toml changes; torch==2.13.0 is the CPU build on the development machines.
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+pipeline: setup
+	dvc repro
+	@echo "report: $(CURDIR)/reports/summary.md"
+
+test: setup
+	python -m pytest
+
+params: setup
+	python -m lmforge.compose $(ARGS)
+
+lint: setup
+	ruff check src stages tests benchmarks

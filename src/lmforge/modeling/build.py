@@ -1,0 +1,81 @@
+"""Models of the chain: the teacher architecture from config, and a smaller student derived from it."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+from lmforge.config import ModelConfig, StudentConfig
+from lmforge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the configured shape; the vocabulary comes from the tokenizer."""
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"params.yaml: model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def student_shape(teacher: ModelConfig, student: StudentConfig) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of the student; a student larger than its teacher is a config error."""
+    n_head = student.n_head or teacher.n_head
+    n_embd = student.n_embd or teacher.n_embd
+    for key, value, limit, teacher_key in [
+        ("student.n_layer", student.n_layer, teacher.n_layer, "model.n_layer"),
+        ("student.n_embd", n_embd, teacher.n_embd, "model.n_embd"),
+    ]:
+        if value > limit:
+            raise ConfigError(
+                f"params.yaml: invalid value for '{key}': {value} (the student must not be larger than its "
+                f"teacher: expected <= {teacher_key}={limit})"
+            )
+    if (student.n_layer, n_embd) == (teacher.n_layer, teacher.n_embd):
+        raise ConfigError(
+            "params.yaml: the student (student.n_layer, student.n_embd) has the teacher's shape "
+            f"({teacher.n_layer} layers, {teacher.n_embd} wide): nothing would be distilled into a smaller model"
+        )
+    if n_embd % n_head:
+        raise ConfigError(f"params.yaml: student n_embd={n_embd} must be divisible by n_head={n_head}")
+    return student.n_layer, n_head, n_embd
+
+
+def teacher_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher blocks, starting from the first (DistilBERT's "every other layer")."""
+    return [i * teacher_layers // student_layers for i in range(student_layers)]
+
+
+def build_student(teacher: GPT2LMHeadModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> GPT2LMHeadModel:
+    n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)
+    config = teacher.config.to_dict()
+    config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    student = GPT2LMHeadModel(GPT2Config.from_dict(config))
+    if cfg.init_from_teacher and n_embd == teacher.config.n_embd:
+        layer_map = teacher_layer_map(teacher.config.n_layer, n_layer)
+        with torch.no_grad():
+            student.transformer.wte.load_state_dict(teacher.transformer.wte.state_dict())
+            student.transformer.wpe.load_state_dict(teacher.transformer.wpe.state_dict())
+            student.transformer.ln_f.load_state_dict(teacher.transformer.ln_f.state_dict())
+            for s, t in enumerate(layer_map):
+                student.transformer.h[s].load_state_dict(teacher.transformer.h[t].state_dict())
+        log.info("student initialised from teacher blocks %s (embeddings and final norm copied)", layer_map)
+    elif cfg.init_from_teacher:
+        log.info("student width %d differs from the teacher's %d: random initialisation", n_embd,
+                 teacher.config.n_embd)
+    return student
+
+
+def non_embedding_parameters(model: PreTrainedModel) -> int:
+    """Parameters outside the token and position embeddings (the tied LM head shares wte)."""
+    embeddings = {id(p) for m in (model.get_input_embeddings(), getattr(model.transformer, "wpe", None)) if m
+                  for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)

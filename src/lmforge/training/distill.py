@@ -1,0 +1,91 @@
+"""Teacher -> student knowledge distillation as a Trainer whose loss is
+
+    alpha_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha_ce * CE(student, labels)
+
+(Hinton et al., 2015: the T^2 keeps the soft-target gradients on the scale of the hard ones).
+The KL term covers every real next-token position, so the student learns the teacher's whole
+distribution, not only the positions that carry a label.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+
+from lmforge import paths
+from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
+from lmforge.training import data
+from lmforge.training.runner import fingerprint, fit
+
+log = logging.getLogger(__name__)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """T^2-scaled KL(teacher_T || student_T), averaged over the real (unpadded) positions."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    mask = attention_mask.to(kl.dtype)
+    return temperature**2 * (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+class DistillationTrainer(Trainer):
+    """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE; logs both terms."""
+
+    def __init__(self, *args: Any, teacher: PreTrainedModel, temperature: float, alpha_kd: float,
+                 alpha_ce: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.temperature, self.alpha_kd, self.alpha_ce = temperature, alpha_kd, alpha_ce
+        self.model_accepts_loss_kwargs = False  # our loss is a batch mean: let the Trainer scale it for GA
+        self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
+        self._count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if not model.training:  # evaluation reports the student's own CE, comparable with every other model
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=inputs["input_ids"],
+                                          attention_mask=inputs["attention_mask"]).logits
+        kd = kd_loss(outputs.logits, teacher_logits, inputs["attention_mask"], self.temperature)
+        loss = self.alpha_kd * kd + self.alpha_ce * outputs.loss
+        self._sums["kd_loss"] += kd.item()
+        self._sums["ce_loss"] += outputs.loss.item()
+        self._count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._count and "loss" in logs:  # a training log: add the mean of each term since the last one
+            logs.update({k: round(v / self._count, 4) for k, v in self._sums.items()})
+            self._sums = dict.fromkeys(self._sums, 0.0)
+            self._count = 0
+        super().log(logs, start_time)
+
+
+def distill(params: dict[str, Any]) -> dict[str, Any]:
+    cfg = params["distill"]
+    student_shape(params["model"], params["student"])  # a student larger than its teacher fails here, first
+    source = data.require(paths.model_dir("teacher"), "finetune")
+    tokenizer = data.load_tokenizer()
+    teacher = AutoModelForCausalLM.from_pretrained(source)
+    student = build_student(teacher, params["model"], params["student"])
+    ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
+    log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
+             student.config.n_layer, student.config.n_embd, 100 * ratio)
+
+    examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
+    train_set = data.mixture_train_set(cfg.mixture, examples, params["seed"])
+    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
+    run_id = fingerprint({"seed": params["seed"], "student": params["student"], "distill": cfg},
+                         [source, paths.PROCESSED])
+    metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
+                  paths.model_dir("student"), trainer_cls=DistillationTrainer, teacher=teacher,
+                  temperature=cfg.temperature, alpha_kd=cfg.alpha_kd, alpha_ce=cfg.alpha_ce)
+    metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
+    return metrics

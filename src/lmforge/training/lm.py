@@ -1,0 +1,42 @@
+"""Progressive pre-training: general causal LM from scratch, then domain + task adaptation with replay."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transformers import AutoModelForCausalLM
+
+from lmforge import paths
+from lmforge.modeling.build import build_model
+from lmforge.training import data
+from lmforge.training.runner import fingerprint, fit
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(params: dict[str, Any]) -> dict[str, Any]:
+    """Step one: a GPT-2 built from `model` learns the general corpus (CLM)."""
+    cfg = params["pretrain"]
+    tokenizer = data.load_tokenizer()
+    train_set = data.lm_examples(paths.LM_GENERAL, "train")
+    eval_sets = {"general": data.lm_examples(paths.LM_GENERAL, "validation", cfg.eval_max_examples)}
+    model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    run_id = fingerprint({"seed": params["seed"], "model": params["model"], "pretrain": cfg},
+                         [paths.LM_GENERAL, paths.TOKENIZER])
+    return fit("pretrain", model, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
+               paths.model_dir("general"))
+
+
+def finetune(params: dict[str, Any]) -> dict[str, Any]:
+    """Step two: the general model continues on domain text + task examples + general replay."""
+    cfg = params["finetune"]
+    source = data.require(paths.model_dir("general"), "pretrain")
+    tokenizer = data.load_tokenizer()
+    examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
+    train_set = data.mixture_train_set(cfg.mixture, examples, params["seed"])
+    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    run_id = fingerprint({"seed": params["seed"], "finetune": cfg}, [source, paths.PROCESSED])
+    return fit("finetune", model, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
+               paths.model_dir("teacher"))

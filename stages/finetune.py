@@ -1,0 +1,19 @@
+"""Adapt the general model to the domain and the task, with general replay: the teacher.
+
+    dvc repro finetune            # or, from the repository root: python stages/finetune.py
+"""
+
+from lmforge import paths, stage
+from lmforge.artifacts import write_json
+from lmforge.config import stage_params
+
+
+def main() -> None:
+    params = stage_params("finetune")
+    from lmforge.training.lm import finetune  # validated first: importing it takes seconds
+
+    write_json(paths.METRICS / "finetune.json", finetune(params))
+
+
+if __name__ == "__main__":
+    stage.run(main)
