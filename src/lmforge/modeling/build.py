@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
         vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, loss_type="ForCausalLM",
     )
     return GPT2LMHeadModel(config)
 

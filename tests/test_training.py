@@ -1,0 +1,98 @@
+"""Model building and the training losses: the student's shape and init, KD's effect, padding."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+from lmforge.config import ModelConfig, StudentConfig
+from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
+from lmforge.training.data import IGNORE_INDEX, PadCollator
+from lmforge.training.distill import DistillationTrainer, kd_loss
+
+TEACHER = ModelConfig(arch="gpt2", init="scratch", n_layer=4, n_head=2, n_embd=32, n_positions=32, dropout=0.0)
+
+
+def teacher_model(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return build_model(TEACHER, vocab_size=50, eos_token_id=0)
+
+
+def test_model_is_built_from_config_with_the_tokenizer_vocabulary():
+    model = teacher_model()
+    assert (model.config.n_layer, model.config.n_embd, model.config.vocab_size) == (4, 32, 50)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as GPT-2
+
+
+def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
+    teacher = teacher_model()
+    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=None, n_embd=None,
+                                                            init_from_teacher=True))
+    assert teacher_layer_map(4, 2) == [0, 2]
+    for s, t in enumerate([0, 2]):
+        for (name, ps), (_, pt) in zip(student.transformer.h[s].named_parameters(),
+                                       teacher.transformer.h[t].named_parameters(), strict=True):
+            assert torch.equal(ps, pt), name
+    assert torch.equal(student.transformer.wte.weight, teacher.transformer.wte.weight)
+    assert non_embedding_parameters(student) <= 0.6 * non_embedding_parameters(teacher)
+
+
+def test_student_of_another_width_starts_from_scratch():
+    teacher = teacher_model()
+    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True))
+    assert student.config.n_embd == 16 and student.config.n_layer == 2
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    assert kd_loss(logits, logits, mask, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(2, 5, 11)
+    assert kd_loss(other, logits, mask, 1.0).item() > 0
+    # it is T^2 times the KL divergence of the temperature-softened distributions
+    reference = torch.nn.functional.kl_div(torch.log_softmax(other / 4.0, -1), torch.log_softmax(logits / 4.0, -1),
+                                           log_target=True, reduction="sum") / 10
+    assert kd_loss(other, logits, mask, 4.0).item() == pytest.approx(16 * reference.item(), rel=1e-5)
+    # padding positions do not count
+    padded = mask.clone()
+    padded[:, 3:] = 0
+    changed = other.clone()
+    changed[:, 3:] += 100.0
+    assert kd_loss(changed, logits, padded, 2.0).item() == pytest.approx(kd_loss(other, logits, padded, 2.0).item())
+
+
+def test_pad_collator_masks_padding_out_of_attention_and_loss():
+    batch = PadCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, IGNORE_INDEX, 7]},
+                                         {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def distill_steps(tmp_path, alpha_kd: float, teacher: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    torch.manual_seed(1)
+    student = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 50, (32, 12), generator=g).tolist()
+    args = TrainingArguments(output_dir=str(tmp_path / f"kd{alpha_kd}"), max_steps=4, per_device_train_batch_size=8,
+                             learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
+                             remove_unused_columns=False, seed=0, logging_steps=2, disable_tqdm=True)
+    trainer = DistillationTrainer(model=student, args=args, data_collator=PadCollator(0),
+                                  train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+                                  teacher=teacher, temperature=2.0, alpha_kd=alpha_kd, alpha_ce=1.0)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "kd_loss" in entry]
+    assert logged and all(entry["kd_loss"] > 0 and entry["ce_loss"] > 0 for entry in logged)
+    return student
+
+
+def test_kd_changes_what_the_student_learns_and_leaves_the_teacher_untouched(tmp_path):
+    teacher = teacher_model(seed=3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with_kd = distill_steps(tmp_path, alpha_kd=1.0, teacher=teacher)
+    without_kd = distill_steps(tmp_path, alpha_kd=0.0, teacher=teacher)
+    differs = [not torch.equal(a, b) for a, b in zip(with_kd.parameters(), without_kd.parameters(), strict=True)]
+    assert any(differs)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
