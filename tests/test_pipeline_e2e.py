@@ -1,0 +1,80 @@
+"""The whole pipeline under DVC, on the smallest profile, in a temporary copy of the repository.
+
+`dvc repro` runs all seven stages; a second `dvc repro` runs none; an experiment that changes one
+quantize parameter reruns quantize and evaluate only.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
+    return output
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    """A git repository holding the project's files (committed or not), with params.yaml for profile=tiny."""
+    dest = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "reports/", "dvclive/")) \
+                and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(dest / "src"), "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "lmforge-test", "GIT_AUTHOR_EMAIL": "test@lmforge.invalid",
+           "GIT_COMMITTER_NAME": "lmforge-test", "GIT_COMMITTER_EMAIL": "test@lmforge.invalid"}
+    run(["git", "init", "-q", "-b", "main"], dest, env)
+    run([sys.executable, "-m", "lmforge.compose", "profile=tiny"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "tiny profile"], dest, env)
+    return dest, env
+
+
+def test_repro_runs_every_stage_then_nothing(repo):
+    path, env = repo
+    first = run(["dvc", "repro"], path, env)
+    assert stages_run(first) == STAGES
+    for name in ["general", "teacher", "student", "pruned", "quantized"]:
+        assert (path / "models" / name / "config.json").is_file()
+    results = json.loads((path / "metrics/evaluate.json").read_text())
+    assert set(results["models"]) == {"general", "teacher", "student", "pruned", "quantized"}
+    assert (path / "reports/summary.md").is_file() and (path / "reports/pareto.png").stat().st_size > 0
+    assert not list(path.glob("models/.*tmp*")), "a temporary artifact was left behind"
+
+    second = run(["dvc", "repro"], path, env)
+    assert stages_run(second) == []
+    assert "up to date" in second
+
+
+def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_only(repo):
+    path, env = repo
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "first run"], path, env)
+    output = run(["dvc", "exp", "run", "-S", "profile=tiny", "-S", "quantize.per_channel=false"], path, env)
+    assert stages_run(output) == ["quantize", "evaluate"]
+    assert "per_channel: false" in (path / "params.yaml").read_text()
+    quantize = json.loads((path / "metrics/quantize.json").read_text())
+    assert quantize["coverage"] >= 0.95
