@@ -6,6 +6,7 @@ import json
 import math
 import runpy
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge import paths
 from lmforge.compose import compose
-from lmforge.errors import DataError
+from lmforge.config import stage_params
+from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import evaluate as evaluate_module
 from lmforge.evaluation import metrics
 
@@ -242,3 +244,20 @@ def test_missing_data_names_preprocess(layout):
     shutil.rmtree(paths.LM_DOMAIN)
     with pytest.raises(DataError, match=r"data/processed/lm_domain \(run `dvc repro preprocess`\)"):
         run_stage()
+
+
+def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    int8 = torch.ao.quantization.quantize_dynamic(tiny_gpt2(), {nn.Linear}, dtype=torch.qint8)
+    calls = []
+    fake = SimpleNamespace(load_quantized=lambda path: calls.append(Path(path)) or int8)
+    monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
+    assert evaluate_module.load_model("quantized") is int8
+    assert calls == [Path("models/quantized")]
+
+
+def test_unknown_model_name_is_a_config_error(layout):
+    params = stage_params("evaluate", path=layout / "params.yaml")
+    params["evaluate"].models = ["teacher", "distilled"]
+    with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
+        evaluate_module.evaluate(params)

@@ -45,6 +45,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     task = task.select(range(min(cfg.max_task_examples, len(task))))
     prompts, labels = list(task["prompt_ids"]), list(task["label"])
     label_token_ids = read_json(paths.TASK_META)["label_token_ids"]
+    baselines = _baselines()  # read up front: a broken file should fail before minutes of measuring
 
     env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
     results: dict[str, dict[str, Any]] = {}
@@ -74,7 +75,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     _add_relative(results)
     return {
         "models": {name: _rounded(row) for name, row in results.items()},
-        "baselines": _baselines(),
+        "baselines": baselines,
         "data": {"lm_blocks_general": len(general), "lm_blocks_domain": len(domain),
                  "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
                  "throughput_batch": cfg.throughput_batch},
