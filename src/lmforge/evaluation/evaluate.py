@@ -1,0 +1,187 @@
+"""Measure every model of the chain on the same test data and the same CPU, and compare it to the teacher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from torch import nn
+
+from lmforge import paths
+from lmforge.artifacts import dir_bytes, read_json
+from lmforge.config import MODEL_NAMES, EvaluateConfig
+from lmforge.errors import ConfigError, DataError
+from lmforge.evaluation import metrics
+
+log = logging.getLogger(__name__)
+
+# Which DVC stage writes each model folder (for "run `dvc repro <stage>`" messages).
+PRODUCED_BY = {"general": "pretrain", "teacher": "finetune", "student": "distill",
+               "pruned": "prune", "quantized": "quantize"}
+REFERENCE = "teacher"  # retention, speedup and compression are relative to this model
+PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
+EVAL_BATCH_SIZE = 16
+
+
+def evaluate(params: dict[str, Any]) -> dict[str, Any]:
+    """Measure the models named in params["evaluate"].models.
+
+    Returns {"models": {name: {...}}, "baselines": {...}, "data": {...}, "environment": {...}}.
+    """
+    cfg: EvaluateConfig = params["evaluate"]
+    seed: int = params.get("seed", 0)
+    _check_inputs(cfg.models)
+
+    general = list(_test_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
+    domain = list(_test_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
+    task = _test_split(paths.TASK)
+    task = task.select(range(min(cfg.max_task_examples, len(task))))
+    prompts, labels = list(task["prompt_ids"]), list(task["label"])
+    label_token_ids = read_json(paths.TASK_META)["label_token_ids"]
+    baselines = _baselines()  # read up front: a broken file should fail before minutes of measuring
+
+    env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
+    results: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(cfg.models, start=1):
+        log.info("evaluate [%d/%d] %s: loading %s", i, len(cfg.models), name, paths.model_dir(name))
+        model = load_model(name)
+        model_config = read_json(paths.model_dir(name) / "config.json")
+        _check_seq_len(name, model_config, [general, domain, prompts], cfg.latency_seq_len)
+        vocab_size = model_config["vocab_size"]
+        row: dict[str, Any] = dict(metrics.count_parameters(model))
+        row["bytes_on_disk"] = dir_bytes(paths.model_dir(name))
+        row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
+        row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
+        row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
+        lat = metrics.latency(model, cfg.latency_seq_len, cfg.latency_warmup, cfg.latency_runs,
+                              vocab_size, threads=cfg.threads, seed=seed)
+        row["latency_p50_ms"], row["latency_p90_ms"] = lat["p50_ms"], lat["p90_ms"]
+        row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
+                                                 cfg.throughput_runs, vocab_size, threads=cfg.threads,
+                                                 seed=seed)
+        results[name] = row
+        log.info("evaluate [%d/%d] %s: ppl general %.2f, ppl domain %.2f, accuracy %.3f, p50 %.2f ms, "
+                 "%.0f tokens/s", i, len(cfg.models), name, row["ppl_general"], row["ppl_domain"],
+                 row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
+        del model
+
+    _add_relative(results)
+    return {
+        "models": {name: _rounded(row) for name, row in results.items()},
+        "baselines": baselines,
+        "data": {"lm_blocks_general": len(general), "lm_blocks_domain": len(domain),
+                 "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
+                 "throughput_batch": cfg.throughput_batch},
+        "environment": env,
+    }
+
+
+def load_model(name: str) -> nn.Module:
+    """A model folder of the chain, in fp32 and eval mode; the int8 model through its own loader."""
+    path = paths.model_dir(name)
+    if name == "quantized":
+        from lmforge.compression.quantize import load_quantized  # only this model needs it
+
+        model = load_quantized(path)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval()
+
+
+def environment(threads: int) -> dict[str, Any]:
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "threads": threads, "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _check_inputs(models: list[str]) -> None:
+    """Fail before any work if a model or data folder is missing, naming every one and its stage."""
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ConfigError(f"invalid value in 'evaluate.models': {unknown[0]!r} "
+                          f"(expected names from {', '.join(MODEL_NAMES)})")
+    if not models:
+        raise ConfigError("'evaluate.models' is empty: name at least one model of the chain")
+    missing = [f"{p} (run `dvc repro preprocess`)"
+               for p in (paths.LM_GENERAL, paths.LM_DOMAIN, paths.TASK, paths.TASK_META) if not p.exists()]
+    missing += [f"{paths.model_dir(m)} (run `dvc repro {PRODUCED_BY[m]}`)"
+                for m in models if not (paths.model_dir(m) / "config.json").is_file()]
+    if missing:
+        raise DataError("evaluate needs inputs that are missing: " + "; ".join(missing))
+
+
+def _test_split(path: Path) -> datasets.Dataset:
+    try:
+        splits = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be loaded as a dataset ({exc}); run `dvc repro preprocess`") from exc
+    if not isinstance(splits, datasets.DatasetDict) or "test" not in splits or len(splits["test"]) == 0:
+        raise DataError(f"{path}: expected a DatasetDict with a non-empty 'test' split; "
+                        "run `dvc repro preprocess`")
+    return splits["test"]
+
+
+def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]]], latency_len: int) -> None:
+    """A sequence longer than the position table would crash GPT-2 deep inside; say so plainly."""
+    limit = model_config.get("n_positions") or model_config.get("max_position_embeddings")
+    if limit is None:
+        return
+    if latency_len > limit:
+        raise ConfigError(f"invalid value for 'evaluate.latency_seq_len': {latency_len} "
+                          f"(expected <= {limit}, the context length of models/{name})")
+    longest = max(len(s) for group in sequences for s in group)
+    if longest > limit:
+        raise DataError(f"test data has a sequence of {longest} tokens, longer than the {limit} "
+                        f"positions of models/{name}")
+
+
+def _add_relative(results: dict[str, dict[str, Any]]) -> None:
+    """Retention, speedup and compression of every model against the teacher (None without one)."""
+    ref = results.get(REFERENCE)
+    if ref is None:
+        log.warning("'%s' is not among the evaluated models: no retention or speedup", REFERENCE)
+    for row in results.values():
+        row["accuracy_retention"] = _ratio(row["accuracy"], ref and ref["accuracy"])
+        row["ppl_general_retention"] = _ratio(ref and ref["ppl_general"], row["ppl_general"])
+        row["ppl_domain_retention"] = _ratio(ref and ref["ppl_domain"], row["ppl_domain"])
+        row["speedup_p50"] = _ratio(ref and ref["latency_p50_ms"], row["latency_p50_ms"])
+        row["throughput_ratio"] = _ratio(row["tokens_per_s"], ref and ref["tokens_per_s"])
+        row["compression"] = _ratio(ref and ref["bytes_on_disk"], row["bytes_on_disk"])
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Four decimals is below measurement noise and keeps `dvc metrics diff` readable."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _baselines() -> dict[str, dict[str, float]]:
+    """The task baselines measured by preprocess, when it wrote them."""
+    if not PREPROCESS_METRICS.is_file():
+        log.warning("%s not found: the report has no baseline rows", PREPROCESS_METRICS)
+        return {}
+    try:
+        data = read_json(PREPROCESS_METRICS)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{PREPROCESS_METRICS}: not valid JSON ({exc})") from exc
+    names = {"bag_of_words": "bow_baseline_accuracy", "majority": "majority_accuracy"}
+    return {name: {"accuracy": data[key]} for name, key in names.items() if key in data}

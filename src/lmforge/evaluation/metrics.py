@@ -1,0 +1,167 @@
+"""Measurements of one causal LM: perplexity, task accuracy, parameter counts, CPU latency, throughput.
+
+Pure functions of a model and token ids. A model is anything whose
+`forward(input_ids=..., attention_mask=...)` returns an object with `.logits` of shape
+(batch, seq, vocab), like `GPT2LMHeadModel` or the int8 model of `load_quantized`. Everything runs
+in fp32 under `torch.inference_mode()` with the model in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+
+EMBEDDING_NAMES = ("wte", "wpe")  # GPT-2's token and position embeddings
+
+
+def _pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input_ids and attention_mask. The pad value is never seen by a real position:
+    it comes after every real token and attention is causal."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask).logits.float()
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batch_size: int) -> float:
+    """exp of the token-weighted mean next-token NLL over `blocks` (labels = input_ids, shifted)."""
+    if isinstance(blocks, Dataset):
+        blocks = list(blocks["input_ids"])
+    if not blocks:
+        raise ValueError("perplexity needs at least one block")
+    model.eval()
+    nll_sum, n_tokens = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        ids, mask = _pad_right(blocks[start : start + batch_size])
+        logits = _logits(model, ids, mask)[:, :-1]
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100, reduction="sum").item()
+        n_tokens += int(mask[:, 1:].sum())
+    return math.exp(nll_sum / n_tokens)
+
+
+@torch.inference_mode()
+def task_accuracy(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
+                  label_token_ids: Sequence[int], batch_size: int) -> float:
+    """Fraction of prompts whose most likely next token, among the label tokens only, is the right one."""
+    if len(prompt_ids) != len(labels) or not labels:
+        raise ValueError(f"need as many prompts as labels, and at least one: "
+                         f"{len(prompt_ids)} prompts, {len(labels)} labels")
+    model.eval()
+    candidates = torch.tensor(list(label_token_ids), dtype=torch.long)
+    # Batching prompts of similar length wastes less compute on padding; the order does not matter.
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    correct = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = _pad_right([prompt_ids[i] for i in idx])
+        last = mask.sum(dim=1) - 1  # the last real position of each right-padded prompt
+        logits = _logits(model, ids, mask)[torch.arange(len(idx)), last]
+        predicted = logits.log_softmax(dim=-1)[:, candidates].argmax(dim=-1)
+        correct += int((predicted == torch.tensor([labels[i] for i in idx])).sum())
+    return correct / len(labels)
+
+
+def _weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every weight-like tensor, each stored tensor once: the float parameters, and
+    the packed int8 weight and bias of dynamic-quantized Linear modules, which are not parameters."""
+    seen: set[int] = set()
+    tied_output = None
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        tied_output = output if isinstance(output, nnqd.Linear) else None
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, nnqd.Linear):
+            # A tied output embedding quantized into its own int8 copy is still the one embedding
+            # parameter: count only its bias, so that counts match the fp32 source.
+            if module is not tied_output:
+                yield prefix + "weight", module.weight().dequantize()
+            if module.bias() is not None:
+                yield prefix + "bias", module.bias()
+            continue
+        for name, tensor in module.named_parameters(recurse=False):
+            if id(tensor) not in seen:  # tied parameters are one tensor
+                seen.add(id(tensor))
+                yield prefix + name, tensor
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Total, non-embedding (without wte / wpe) and non-zero parameters, int8 weights included."""
+    total = non_embedding = nonzero = 0
+    with torch.inference_mode():
+        for name, tensor in _weight_tensors(model):
+            n = tensor.numel()
+            total += n
+            nonzero += int(torch.count_nonzero(tensor))
+            if not any(part in EMBEDDING_NAMES for part in name.split(".")):
+                non_embedding += n
+    return {"parameters": total, "non_embedding_parameters": non_embedding, "nonzero_parameters": nonzero}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Fix the intra-op thread count for a measurement, and restore it afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _random_ids(batch: int, seq_len: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
+    return ids, torch.ones_like(ids)
+
+
+@torch.inference_mode()
+def latency(model: nn.Module, seq_len: int, warmup: int, runs: int, vocab_size: int,
+            threads: int = 1, seed: int = 0) -> dict[str, float]:
+    """p50 / p90 wall time in ms of one full forward pass at batch 1 over `seq_len` tokens."""
+    model.eval()
+    ids, mask = _random_ids(1, seq_len, vocab_size, seed)
+    times = []
+    with torch_threads(threads):
+        for _ in range(warmup):
+            model(input_ids=ids, attention_mask=mask)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            times.append((time.perf_counter() - start) * 1000)
+    p50, p90 = np.percentile(times, [50, 90])
+    return {"p50_ms": float(p50), "p90_ms": float(p90)}
+
+
+@torch.inference_mode()
+def throughput(model: nn.Module, batch: int, seq_len: int, runs: int, vocab_size: int,
+               threads: int = 1, seed: int = 0) -> float:
+    """Tokens per second processed by full forward passes over (batch, seq_len), after one warm-up."""
+    model.eval()
+    ids, mask = _random_ids(batch, seq_len, vocab_size, seed)
+    with torch_threads(threads):
+        model(input_ids=ids, attention_mask=mask)
+        start = time.perf_counter()
+        for _ in range(runs):
+            model(input_ids=ids, attention_mask=mask)
+        elapsed = time.perf_counter() - start
+    return batch * seq_len * runs / elapsed

@@ -1,0 +1,263 @@
+"""Evaluation: metrics against independent references, and the stage end to end on a tiny layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmforge import paths
+from lmforge.compose import compose
+from lmforge.config import stage_params
+from lmforge.errors import ConfigError, DataError
+from lmforge.evaluation import evaluate as evaluate_module
+from lmforge.evaluation import metrics
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 100
+LABEL_TOKENS = [7, 9]  # token ids of the label words " negative" / " positive"
+
+
+def tiny_gpt2(n_layer: int = 2, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=n_layer, n_head=2,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def random_blocks(n: int, length: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (n, length), generator=generator).tolist()
+
+
+# --- perplexity ------------------------------------------------------------------------------------
+
+
+def test_perplexity_equals_exp_of_hf_loss():
+    model = tiny_gpt2()
+    blocks = random_blocks(5, 16)
+    ids = torch.tensor(blocks)
+    with torch.no_grad():
+        expected = math.exp(model(input_ids=ids, labels=ids).loss.item())
+    # Batches of 2 over 5 blocks: a per-batch mean of means would differ from HF's token mean.
+    assert metrics.perplexity(model, blocks, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    dataset = Dataset.from_dict({"input_ids": blocks})
+    assert metrics.perplexity(model, dataset, batch_size=3) == pytest.approx(expected, rel=1e-5)
+
+
+def test_perplexity_of_uniform_model_is_vocab_size():
+    model = tiny_gpt2()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied to wte: every logit is 0, the distribution uniform
+    assert metrics.perplexity(model, random_blocks(4, 16), batch_size=4) == pytest.approx(VOCAB, rel=1e-4)
+
+
+# --- task accuracy ---------------------------------------------------------------------------------
+
+
+class PreferToken(nn.Module):
+    """A real GPT-2 whose logits get a large bonus on one token, so it always predicts that token."""
+
+    def __init__(self, inner: nn.Module, token: int):
+        super().__init__()
+        self.inner, self.token = inner, token
+
+    def forward(self, input_ids, attention_mask):
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits.clone()
+        logits[..., self.token] += 1e4
+        return SimpleNamespace(logits=logits)
+
+
+class EchoLastToken(nn.Module):
+    """At every position, predicts the token found there: the answer is the prompt's last token."""
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=F.one_hot(input_ids, VOCAB).float() * 10)
+
+
+def test_task_accuracy_of_a_model_that_prefers_one_label_is_that_label_share():
+    prompts = [random_blocks(1, 5 + i % 4, seed=i)[0] for i in range(10)]
+    labels = [1, 1, 0, 1, 1, 0, 1, 1, 0, 1]  # 7 of 10 are label 1
+    model = PreferToken(tiny_gpt2(), LABEL_TOKENS[1])
+    assert metrics.task_accuracy(model, prompts, labels, LABEL_TOKENS, batch_size=4) == pytest.approx(0.7)
+    model = PreferToken(tiny_gpt2(), LABEL_TOKENS[0])
+    assert metrics.task_accuracy(model, prompts, labels, LABEL_TOKENS, batch_size=4) == pytest.approx(0.3)
+
+
+def test_task_accuracy_reads_the_last_real_position_of_padded_prompts():
+    # Prompts of different lengths in one batch: reading a padding position (token 0, equal scores
+    # for both label tokens) instead of the last real token would predict label 0 for the short ones.
+    prompts = [[3, 4, 9], [3, 4, 5, 6, 7, 7], [9], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    labels = [1, 0, 1, 0]  # the last one ends in the wrong label's token
+    accuracy = metrics.task_accuracy(EchoLastToken(), prompts, labels, LABEL_TOKENS, batch_size=4)
+    assert accuracy == pytest.approx(0.75)
+
+
+# --- parameter counts ------------------------------------------------------------------------------
+
+
+def test_count_parameters_matches_hf_and_counts_pruned_zeros():
+    model = tiny_gpt2()
+    counts = metrics.count_parameters(model)
+    assert counts["parameters"] == model.num_parameters()
+    assert counts["non_embedding_parameters"] == model.num_parameters(exclude_embeddings=True)
+    with torch.no_grad():
+        weight = model.transformer.h[0].attn.c_attn.weight
+        weight[:2, :5] = 0.0  # 10 random-init (non-zero) entries, pruned by hand
+    pruned = metrics.count_parameters(model)
+    assert pruned["parameters"] == counts["parameters"]
+    assert pruned["nonzero_parameters"] == counts["nonzero_parameters"] - 10
+
+
+def test_count_parameters_of_int8_gpt2_equals_its_fp32_source():
+    model = tiny_gpt2()
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    assert not isinstance(quantized.lm_head, nn.Linear)  # the (tied) lm_head is now packed int8
+    assert metrics.count_parameters(quantized) == metrics.count_parameters(model)
+
+
+def test_count_parameters_reads_packed_int8_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):  # magnitudes in [0.5, 1]: none rounds to int8 zero
+            magnitude = 0.5 + torch.rand_like(layer.weight) / 2
+            layer.weight.copy_(torch.sign(torch.randn_like(layer.weight)) * magnitude)
+        model[0].weight[:3] = 0.0  # 48 zeros, pruned by hand
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    assert list(quantized.parameters()) == []  # so counting model.parameters() alone would give 0
+    counts = metrics.count_parameters(quantized)
+    assert counts == metrics.count_parameters(model)
+    assert counts["parameters"] == 16 * 32 + 32 + 32 * 8 + 8
+    assert counts["nonzero_parameters"] == counts["parameters"] - 48
+
+
+# --- speed -----------------------------------------------------------------------------------------
+
+
+def test_latency_and_throughput_are_positive_and_restore_threads():
+    model = tiny_gpt2(n_layer=1)
+    before = torch.get_num_threads()
+    result = metrics.latency(model, seq_len=8, warmup=1, runs=7, vocab_size=VOCAB, threads=1)
+    assert 0 < result["p50_ms"] <= result["p90_ms"]
+    assert metrics.throughput(model, batch=2, seq_len=8, runs=2, vocab_size=VOCAB, threads=1) > 0
+    assert torch.get_num_threads() == before
+
+
+# --- the stage on a tiny artifact layout -----------------------------------------------------------
+
+
+@pytest.fixture
+def layout(tmp_path, monkeypatch):
+    """data/processed, models/{general,teacher,student,pruned}, metrics/preprocess.json, params.yaml."""
+    monkeypatch.chdir(tmp_path)
+
+    def lm_splits(seed: int) -> DatasetDict:
+        return DatasetDict({split: Dataset.from_dict({"input_ids": random_blocks(10, 16, seed=seed + i)})
+                            for i, split in enumerate(("train", "validation", "test"))})
+
+    lm_splits(0).save_to_disk(str(paths.LM_GENERAL))
+    lm_splits(10).save_to_disk(str(paths.LM_DOMAIN))
+    prompts = [random_blocks(1, 6 + i % 5, seed=100 + i)[0] for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    task = Dataset.from_dict({"text": [f"review {i}" for i in range(40)], "label": labels,
+                              "prompt_ids": prompts})
+    DatasetDict({"train": task, "validation": task, "test": task}).save_to_disk(str(paths.TASK))
+    paths.TASK_META.write_text(json.dumps({"prompt": " Sentiment:", "label_words": [" negative", " positive"],
+                                           "label_token_ids": LABEL_TOKENS, "block_size": 16}))
+    for name, n_layer, seed in (("general", 2, 0), ("teacher", 2, 1), ("student", 1, 2)):
+        tiny_gpt2(n_layer, seed).save_pretrained(paths.model_dir(name))
+    pruned = tiny_gpt2(1, 2)
+    with torch.no_grad():
+        for block in pruned.transformer.h:
+            block.mlp.c_fc.weight.zero_()
+    pruned.save_pretrained(paths.model_dir("pruned"))
+    paths.METRICS.mkdir()
+    (paths.METRICS / "preprocess.json").write_text(json.dumps({"bow_baseline_accuracy": 0.61,
+                                                               "majority_accuracy": 0.5}))
+    compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]"],
+            conf_dir=REPO / "conf")
+    return tmp_path
+
+
+def run_stage() -> None:
+    runpy.run_path(str(REPO / "stages" / "evaluate.py"), run_name="test")["main"]()
+
+
+def test_evaluate_stage_writes_metrics_plots_and_report(layout):
+    run_stage()
+    results = json.loads((layout / "metrics" / "evaluate.json").read_text())
+    assert list(results["models"]) == ["general", "teacher", "student", "pruned"]
+    teacher, student, pruned = (results["models"][n] for n in ("teacher", "student", "pruned"))
+    assert teacher["accuracy_retention"] == teacher["speedup_p50"] == teacher["compression"] == 1.0
+    assert student["parameters"] < teacher["parameters"]
+    assert pruned["parameters"] == student["parameters"]
+    assert pruned["nonzero_parameters"] == student["nonzero_parameters"] - 32 * 128
+    assert pruned["bytes_on_disk"] == student["bytes_on_disk"] > 0
+    # Perplexity on the first max_lm_blocks (8 of 10) test blocks, as computed directly.
+    blocks = random_blocks(10, 16, seed=2)[:8]
+    direct = metrics.perplexity(tiny_gpt2(2, 1), blocks, batch_size=8)
+    assert teacher["ppl_general"] == pytest.approx(direct, abs=1e-3)
+    assert results["data"] == {"lm_blocks_general": 8, "lm_blocks_domain": 8, "task_examples": 32,
+                               "latency_seq_len": 16, "throughput_batch": 4}
+    assert results["baselines"] == {"bag_of_words": {"accuracy": 0.61}, "majority": {"accuracy": 0.5}}
+    assert results["environment"]["threads"] == 2
+
+    records = json.loads((layout / "plots" / "pareto.json").read_text())
+    assert [r["model"] for r in records] == ["general", "teacher", "student", "pruned"]
+    assert set(records[0]) == {"model", "bytes", "mb", "accuracy", "latency_p50_ms", "ppl_domain"}
+
+    summary = (layout / "reports" / "summary.md").read_text()
+    for text in ("| model | params |", "| pruned |", "bag-of-words baseline", "majority class",
+                 "unstructured sparsity", "## Environment"):
+        assert text in summary
+    assert (layout / "reports" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((layout / "reports").glob(".*"))  # no temporary files left behind
+
+
+def test_missing_models_stop_before_any_work(layout, monkeypatch):
+    shutil.rmtree(paths.model_dir("student"))
+    shutil.rmtree(paths.model_dir("pruned"))
+    loaded = []
+    monkeypatch.setattr(evaluate_module, "load_model", lambda name: loaded.append(name))
+    with pytest.raises(DataError) as excinfo:
+        run_stage()
+    message = str(excinfo.value)
+    assert "models/student (run `dvc repro distill`)" in message
+    assert "models/pruned (run `dvc repro prune`)" in message
+    assert loaded == []
+    assert not (layout / "metrics" / "evaluate.json").exists()
+
+
+def test_missing_data_names_preprocess(layout):
+    shutil.rmtree(paths.LM_DOMAIN)
+    with pytest.raises(DataError, match=r"data/processed/lm_domain \(run `dvc repro preprocess`\)"):
+        run_stage()
+
+
+def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    int8 = torch.ao.quantization.quantize_dynamic(tiny_gpt2(), {nn.Linear}, dtype=torch.qint8)
+    calls = []
+    fake = SimpleNamespace(load_quantized=lambda path: calls.append(Path(path)) or int8)
+    monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
+    assert evaluate_module.load_model("quantized") is int8
+    assert calls == [Path("models/quantized")]
+
+
+def test_unknown_model_name_is_a_config_error(layout):
+    params = stage_params("evaluate", path=layout / "params.yaml")
+    params["evaluate"].models = ["teacher", "distilled"]
+    with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
+        evaluate_module.evaluate(params)
