@@ -274,7 +274,7 @@ class Grammar:
 
 def general_document(rng: random.Random) -> str:
     grammar = Grammar(rng)
-    return " ".join(grammar.sentence() for _ in range(rng.randint(3, 8)))
+    return " ".join(grammar.sentence() for _ in range(rng.randint(4, 12)))
 
 
 # --------------------------------------------------------------------------------------------------
