@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from lmforge import paths
 from lmforge.compose import compose
 from lmforge.config import stage_params
-from lmforge.data.preprocess import check_leakage, preprocess, split_of
+from lmforge.data.preprocess import check_leakage, clean_corpus, preprocess, split_of
 from lmforge.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,16 @@ def test_metrics_add_up_and_no_leakage(tiny_processed):
     assert not (task["test"] | task["validation"]) & task["train"]
     assert 0 < metrics["majority_accuracy"] < 1 and 0 < metrics["bow_baseline_accuracy"] <= 1
     json.dumps(metrics)  # what the stage writes
+
+
+def test_clean_corpus_dedupes_after_cleaning():
+    docs = ["the plot was good .", "the plot  was good .<br />", "short", "the acting was bad ."]
+    kept, stats = clean_corpus("domain", docs, min_chars=10)
+    assert kept == [(0, "the plot was good ."), (3, "the acting was bad .")]
+    assert stats == {"docs_in": 4, "changed_by_cleaning": 1, "duplicates_removed": 1,
+                     "too_short_removed": 1, "docs_out": 2}
+    with pytest.raises(DataError, match=r"domain corpus is empty .* 4 documents in, 0 kept .*=99 dropped 3"):
+        clean_corpus("domain", docs, min_chars=99)
 
 
 def test_split_is_a_stable_function_of_the_text():
