@@ -1,0 +1,19 @@
+"""Preprocess: raw corpora -> data/processed (tokenizer, LM blocks, task examples) + metrics.
+
+    dvc repro preprocess            # or, from the repository root: python stages/preprocess.py
+"""
+
+from lmforge import paths, stage
+from lmforge.artifacts import write_json
+from lmforge.config import stage_params
+from lmforge.data.preprocess import preprocess
+
+
+def main() -> None:
+    params = stage_params("data", "preprocess")
+    metrics = preprocess(params)
+    write_json(paths.METRICS / "preprocess.json", metrics)
+
+
+if __name__ == "__main__":
+    stage.run(main)
