@@ -158,6 +158,12 @@ def test_load_quantized_rejects_missing_or_inconsistent_files(tmp_path):
     with pytest.raises(DataError, match="unexpected tensors"):
         load_quantized(tmp_path)
 
+    manifest_path.write_text(json.dumps(manifest))
+    weights_path = tmp_path / WEIGHTS_FILE
+    weights_path.rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=str(weights_path)):
+        load_quantized(tmp_path)
+
     manifest_path.unlink()
     with pytest.raises(DataError, match=str(manifest_path)):
         load_quantized(tmp_path)

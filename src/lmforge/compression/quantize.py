@@ -127,7 +127,7 @@ def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         if key.startswith(quantized) or not isinstance(value, torch.Tensor):
             continue
-        if value.data_ptr() in seen:  # lm_head.weight tied to the embedding: the loader re-ties it
+        if value.numel() and value.data_ptr() in seen:  # lm_head.weight tied to wte: the loader re-ties it
             continue
         seen.add(value.data_ptr())
         state[key] = value
