@@ -7,8 +7,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
 from lmforge.config import ModelConfig, StudentConfig
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
-from lmforge.training.data import IGNORE_INDEX, PadCollator
-from lmforge.training.distill import DistillationTrainer, kd_loss
+from lmforge.training.data import PadCollator
+from lmforge.training.distill import DistillationTrainer
+from lmforge.training.losses import IGNORE_INDEX, kd_loss, lm_loss
 
 TEACHER = ModelConfig(arch="gpt2", init="scratch", n_layer=4, n_head=2, n_embd=32, n_positions=32, dropout=0.0)
 
@@ -50,9 +51,10 @@ def test_kd_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
     assert kd_loss(logits, logits, mask, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     other = torch.randn(2, 5, 11)
     assert kd_loss(other, logits, mask, 1.0).item() > 0
-    # it is T^2 times the KL divergence of the temperature-softened distributions
-    reference = torch.nn.functional.kl_div(torch.log_softmax(other / 4.0, -1), torch.log_softmax(logits / 4.0, -1),
-                                           log_target=True, reduction="sum") / 10
+    # it is T^2 times the KL divergence of the temperature-softened next-token distributions
+    reference = torch.nn.functional.kl_div(torch.log_softmax(other[:, :-1] / 4.0, -1),
+                                           torch.log_softmax(logits[:, :-1] / 4.0, -1),
+                                           log_target=True, reduction="sum") / 8
     assert kd_loss(other, logits, mask, 4.0).item() == pytest.approx(16 * reference.item(), rel=1e-5)
     # padding positions do not count
     padded = mask.clone()
@@ -60,6 +62,21 @@ def test_kd_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
     changed = other.clone()
     changed[:, 3:] += 100.0
     assert kd_loss(changed, logits, padded, 2.0).item() == pytest.approx(kd_loss(other, logits, padded, 2.0).item())
+
+
+def test_lm_loss_is_hf_loss_for_blocks_and_weighs_every_example_equally():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=30, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    blocks = torch.randint(0, 30, (3, 8))
+    logits = model(input_ids=blocks).logits
+    assert lm_loss(logits, blocks).item() == pytest.approx(model(input_ids=blocks, labels=blocks).loss.item(), rel=1e-5)
+    # a task example trains one token; it weighs as much as a whole block in the mean
+    task = blocks.clone()
+    task[1, :-1] = IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 30), blocks[:, 1:].reshape(-1),
+                                            reduction="none").view(3, 7)
+    expected = (nll[0].mean() + nll[1, -1] + nll[2].mean()) / 3
+    assert lm_loss(logits, task).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_pad_collator_masks_padding_out_of_attention_and_loss():

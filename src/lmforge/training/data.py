@@ -18,8 +18,7 @@ from lmforge import paths
 from lmforge.artifacts import read_json
 from lmforge.config import MixtureConfig
 from lmforge.errors import DataError
-
-IGNORE_INDEX = -100  # label value the loss skips
+from lmforge.training.losses import IGNORE_INDEX
 
 
 def require(path: Path, producer: str) -> Path:

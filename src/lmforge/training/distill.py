@@ -2,9 +2,8 @@
 
     alpha_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha_ce * CE(student, labels)
 
-(Hinton et al., 2015: the T^2 keeps the soft-target gradients on the scale of the hard ones).
 The KL term covers every real next-token position, so the student learns the teacher's whole
-distribution, not only the positions that carry a label.
+distribution, not only the positions that carry a label (losses in lmforge.training.losses).
 """
 
 from __future__ import annotations
@@ -13,28 +12,18 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lmforge import paths
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
 from lmforge.training import data
-from lmforge.training.runner import fingerprint, fit
+from lmforge.training.losses import kd_loss, lm_loss
+from lmforge.training.runner import LMTrainer, fingerprint, fit
 
 log = logging.getLogger(__name__)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,
-            temperature: float) -> torch.Tensor:
-    """T^2-scaled KL(teacher_T || student_T), averaged over the real (unpadded) positions."""
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
-    mask = attention_mask.to(kl.dtype)
-    return temperature**2 * (kl * mask).sum() / mask.sum().clamp(min=1)
-
-
-class DistillationTrainer(Trainer):
+class DistillationTrainer(LMTrainer):
     """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE; logs both terms."""
 
     def __init__(self, *args: Any, teacher: PreTrainedModel, temperature: float, alpha_kd: float,
@@ -42,21 +31,21 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.temperature, self.alpha_kd, self.alpha_ce = temperature, alpha_kd, alpha_ce
-        self.model_accepts_loss_kwargs = False  # our loss is a batch mean: let the Trainer scale it for GA
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
         if not model.training:  # evaluation reports the student's own CE, comparable with every other model
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            return super().compute_loss(model, inputs, return_outputs)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        ce = lm_loss(outputs.logits, inputs["labels"])
         with torch.no_grad():
             teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                           attention_mask=inputs["attention_mask"]).logits
         kd = kd_loss(outputs.logits, teacher_logits, inputs["attention_mask"], self.temperature)
-        loss = self.alpha_kd * kd + self.alpha_ce * outputs.loss
+        loss = self.alpha_kd * kd + self.alpha_ce * ce
         self._sums["kd_loss"] += kd.item()
-        self._sums["ce_loss"] += outputs.loss.item()
+        self._sums["ce_loss"] += ce.item()
         self._count += 1
         return (loss, outputs) if return_outputs else loss
 

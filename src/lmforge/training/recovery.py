@@ -40,7 +40,8 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(source)
     before = sparsity_report(model)
     l1_unstructured(model, cfg.amount)
-    log.info("pruned %.1f%% of the block weights (L1, unstructured)", 100 * sparsity_report(model)["sparsity"])
+    log.info("pruned %.1f%% of the block weights (L1, unstructured)",
+             100 * sparsity_report(model)["overall"]["sparsity"])
 
     metrics: dict[str, Any] = {"method": cfg.method, "amount": cfg.amount}
     recovery = cfg.recovery
@@ -62,6 +63,6 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
 
-    metrics["sparsity_before"] = before["sparsity"]
+    metrics["sparsity_before"] = before["overall"]["sparsity"]
     metrics.update(sparsity_report(model))
     return metrics

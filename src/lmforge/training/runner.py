@@ -27,8 +27,32 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir
 from lmforge.config import TrainConfig
 from lmforge.training.data import PadCollator
+from lmforge.training.losses import lm_loss
 
 log = logging.getLogger(__name__)
+
+
+class LMTrainer(Trainer):
+    """The Hugging Face Trainer with the loss averaged per example (see lmforge.training.losses)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # the loss is a batch mean: the Trainer scales it for accumulation
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        loss = lm_loss(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+
+class TrainingStepDVCLiveCallback(DVCLiveCallback):
+    """DVCLive's callback counts one step per log call; plot the curves against the optimizer step instead."""
+
+    def on_log(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.step = state.global_step
+        super().on_log(args, state, control, **kwargs)
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
@@ -102,7 +126,7 @@ def fit(
     seed: int,
     run_id: str,
     output: Path,
-    trainer_cls: type[Trainer] = Trainer,
+    trainer_cls: type[Trainer] = LMTrainer,
     finalize: Callable[[PreTrainedModel], None] | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
@@ -119,7 +143,7 @@ def fit(
         train_dataset=train_set,
         eval_dataset=eval_sets,
         processing_class=tokenizer,
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=[TrainingStepDVCLiveCallback(live=live)],
         **trainer_kwargs,
     )
     n_params = sum(p.numel() for p in model.parameters())
