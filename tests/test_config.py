@@ -83,7 +83,8 @@ def test_missing_params_file_says_how_to_make_it(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("n_layer", 8, "'student.n_layer': 8 (the student must not be larger than its teacher: expected <= model.n_layer=4)"),
+    ("n_layer", 8, "'student.n_layer': 8 (the student must not be larger than its teacher: "
+                   "expected <= model.n_layer=4)"),
     ("n_embd", 256, "'student.n_embd': 256"),
 ])
 def test_a_student_larger_than_its_teacher_is_refused(tmp_path, key, value, message):

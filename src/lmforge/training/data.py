@@ -1,7 +1,10 @@
 """Training examples from data/processed: LM blocks, task examples, and the multi-task mixture.
 
-Every example is `{"input_ids", "labels"}`. LM blocks learn every token; a task example learns only
-its label word (completion-only loss), so the mixture teaches the task without re-weighting tokens.
+An example is `{"input_ids"}` (an LM block: every token is a target) or `{"input_ids", "labels"}`
+(a task example: only the label word is a target, a completion-only loss).
+
+data/processed is a DVC output: nothing here may write into it, so every derived dataset is kept in
+memory (`datasets` would otherwise put cache files next to the Arrow files it reads).
 """
 
 from __future__ import annotations
@@ -46,21 +49,22 @@ def _load(path: Path, split: str) -> Dataset:
 def lm_examples(path: Path, split: str, limit: int | None = None) -> Dataset:
     blocks = _load(path, split).select_columns(["input_ids"])
     if limit is not None:
-        blocks = blocks.select(range(min(limit, len(blocks))))
-    return blocks.map(lambda b: {"labels": b["input_ids"]}, batched=True, desc=f"{path.name}/{split}")
+        blocks = blocks.select(range(min(limit, len(blocks))), keep_in_memory=True)
+    return blocks
 
 
 def task_examples(split: str, label_token_ids: list[int], limit: int | None = None) -> Dataset:
     examples = _load(paths.TASK, split)
     if limit is not None:
-        examples = examples.select(range(min(limit, len(examples))))
+        examples = examples.select(range(min(limit, len(examples))), keep_in_memory=True)
 
     def to_lm(batch: dict) -> dict:
         ids = [p + [label_token_ids[y]] for p, y in zip(batch["prompt_ids"], batch["label"], strict=True)]
         labels = [[IGNORE_INDEX] * (len(i) - 1) + [i[-1]] for i in ids]
         return {"input_ids": ids, "labels": labels}
 
-    return examples.map(to_lm, batched=True, remove_columns=examples.column_names, desc=f"task/{split}")
+    return examples.map(to_lm, batched=True, remove_columns=examples.column_names, keep_in_memory=True,
+                        desc=f"task/{split}")
 
 
 def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int) -> Dataset:
@@ -86,8 +90,11 @@ def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int) -> D
             continue
         dataset = sources[name]()
         order = np.concatenate([rng.permutation(len(dataset)) for _ in range(-(-count // len(dataset)))])
-        parts.append(dataset.select(order[:count]))
-    return concatenate_datasets(parts).shuffle(seed=seed)
+        part = dataset.select(order[:count], keep_in_memory=True)
+        if "labels" not in part.column_names:  # to be concatenated with task examples, blocks need labels too
+            part = part.map(lambda b: {"labels": b["input_ids"]}, batched=True, keep_in_memory=True, desc=name)
+        parts.append(part)
+    return concatenate_datasets(parts).shuffle(seed=seed, keep_in_memory=True)
 
 
 def eval_sets(limit: int, *, with_task: bool) -> dict[str, Dataset]:
@@ -101,7 +108,9 @@ def eval_sets(limit: int, *, with_task: bool) -> dict[str, Dataset]:
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch of variable-length examples; padding is masked out of attention and loss."""
+    """Right-pads a batch of variable-length examples; padding is masked out of attention and loss.
+
+    An example without `labels` is an LM block: its labels are its inputs."""
 
     pad_token_id: int
 
@@ -113,6 +122,6 @@ class PadCollator:
         for row, f in enumerate(features):
             n = len(f["input_ids"])
             input_ids[row, :n] = torch.tensor(f["input_ids"])
-            labels[row, :n] = torch.tensor(f["labels"])
+            labels[row, :n] = torch.tensor(f.get("labels", f["input_ids"]))
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
