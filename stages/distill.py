@@ -4,7 +4,6 @@
 """
 
 from lmforge import paths, stage
-from lmforge.artifacts import write_json
 from lmforge.config import stage_params
 
 
@@ -12,7 +11,7 @@ def main() -> None:
     params = stage_params("model", "student", "distill")
     from lmforge.training.distill import distill  # validated first: importing it takes seconds
 
-    write_json(paths.METRICS / "distill.json", distill(params))
+    stage.write_metrics(paths.METRICS / "distill.json", distill(params))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@
 """
 
 from lmforge import paths, stage
-from lmforge.artifacts import write_json
 from lmforge.config import stage_params
 
 
@@ -12,7 +11,7 @@ def main() -> None:
     params = stage_params("finetune")
     from lmforge.training.lm import finetune  # validated first: importing it takes seconds
 
-    write_json(paths.METRICS / "finetune.json", finetune(params))
+    stage.write_metrics(paths.METRICS / "finetune.json", finetune(params))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(complete: str | Path, path: str | Path) -> None:
+    """Swap the complete directory `complete` in at `path`; the old one is removed only afterwards."""
+    path = Path(path)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(complete, path)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -98,6 +98,11 @@ class TrainConfig:
     eval_steps: int = spec(ge=1)
     save_steps: int = spec(ge=1)  # checkpoints for resuming a killed run
     eval_max_examples: int = spec(ge=1)  # cap on validation examples per evaluation
+    # Speed switches (GPU); the defaults are the CPU's best: fp32, SDPA attention, plain AdamW, eager mode.
+    precision: str = spec(choices=("fp32", "bf16"))  # bf16: autocast mixed precision (slow on CPUs without bf16 units)
+    attn_implementation: str = spec(choices=("sdpa", "eager", "flash_attention_2"))
+    optim: str = spec(choices=("adamw_torch", "adamw_torch_fused"))
+    torch_compile: bool = spec()
 
 
 @dataclass

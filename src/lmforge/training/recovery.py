@@ -7,6 +7,7 @@ optimizer cannot revive a pruned weight; they are folded into plain weights befo
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from transformers import AutoModelForCausalLM
@@ -28,7 +29,8 @@ def recovery_train_config(cfg: RecoveryConfig) -> TrainConfig:
         max_steps=steps, batch_size=cfg.batch_size, grad_accum_steps=1, learning_rate=cfg.learning_rate,
         lr_scheduler="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=max(1, steps // 10), eval_steps=steps, save_steps=max(1, steps // 2),
-        eval_max_examples=256,
+        eval_max_examples=256, precision="fp32", attn_implementation="sdpa", optim="adamw_torch",
+        torch_compile=False,
     )
 
 
@@ -59,9 +61,10 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         make_permanent(model)
-        with atomic_dir(paths.model_dir("pruned")) as out:
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every rank runs this: one writes
+            with atomic_dir(paths.model_dir("pruned")) as out:
+                model.save_pretrained(out)
+                tokenizer.save_pretrained(out)
 
     metrics["sparsity_before"] = before["overall"]["sparsity"]
     metrics.update(sparsity_report(model))

@@ -2,6 +2,12 @@
 
 The Trainer brings mixed precision, gradient accumulation, checkpoint resume, DDP and FSDP; lmforge
 only decides what to train on, where checkpoints live and when an old checkpoint must not be reused.
+
+Under `torchrun` or `accelerate launch` every rank runs the whole stage. The Trainer shards the data
+and averages gradients; lmforge keeps the file system to rank 0: it alone discards stale checkpoints,
+writes DVCLive curves, the model and the metrics, and the other ranks wait at a barrier where it matters.
+`batch_size` is the global batch: each of N ranks takes batch_size / N, so a run gives the same
+optimisation under any launcher.
 """
 
 from __future__ import annotations
@@ -11,21 +17,24 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
-from dvclive import Live
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from dvclive import Live
 from lmforge import paths
-from lmforge.artifacts import atomic_dir
+from lmforge.artifacts import replace_dir
 from lmforge.config import TrainConfig
+from lmforge.errors import ConfigError
 from lmforge.training.data import PadCollator
 from lmforge.training.losses import lm_loss
 
@@ -55,12 +64,22 @@ class TrainingStepDVCLiveCallback(DVCLiveCallback):
         super().on_log(args, state, control, **kwargs)
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
+def world_size() -> int:
+    """Processes of this run, as set by torchrun / accelerate launch (1 under plain `python`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes: int = 1) -> TrainingArguments:
+    if cfg.batch_size % processes:
+        raise ConfigError(f"params.yaml: batch_size={cfg.batch_size} is the global batch and must be divisible "
+                          f"by the number of processes ({processes})")
+    per_device = cfg.batch_size // processes
+    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -80,7 +99,11 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         remove_unused_columns=False,  # the collator needs `labels` as prepared by lmforge
         dataloader_num_workers=0,
         report_to="none",  # DVCLive is attached explicitly, so it never rewrites dvc.yaml
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
+        ddp_backend="gloo" if processes > 1 and not cuda else None,
+        bf16=cfg.precision == "bf16",
+        optim=cfg.optim,
+        torch_compile=cfg.torch_compile,
     )
 
 
@@ -98,22 +121,63 @@ def fingerprint(config: Any, inputs: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_dir(stage: str, run_id: str) -> tuple[Path, str | None]:
+def checkpoint_dir(stage: str, run_id: str, state: PartialState | None = None) -> tuple[Path, str | None]:
     """The stage's checkpoint folder and the checkpoint to resume from, if one belongs to this very run.
 
-    Checkpoints of a run with other parameters or inputs are deleted rather than resumed.
+    Checkpoints of a run with other parameters or inputs are deleted rather than resumed. With several
+    processes only the main one touches the folder; the others wait, then read the same answer.
     """
     folder = paths.CHECKPOINTS / stage
-    stamp = folder / "run_id"
-    if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != run_id):
-        log.info("%s: discarding checkpoints of a different run", folder)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(run_id + "\n")
+    if state is None or state.is_main_process:
+        stamp = folder / "run_id"
+        if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != run_id):
+            log.info("%s: discarding checkpoints of a different run", folder)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(run_id + "\n")
+    if state is not None:
+        state.wait_for_everyone()
     last = get_last_checkpoint(str(folder))
     if last:
         log.info("resuming from %s", last)
     return folder, last
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+def truncate_curves(live_dir: Path, step: int) -> None:
+    """Drop the DVCLive rows logged after `step`: a killed run logged them, the resumed one logs them again."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        column = lines[0].split("\t").index("step")
+        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
+        tsv.write_text("\n".join(kept) + "\n")
+
+
+def open_live(stage: str, resume_from: str | None) -> Live:
+    """The stage's DVCLive run: continued after a resumed checkpoint, started over otherwise."""
+    live_dir = paths.DVCLIVE / stage
+    if resume_from is not None:
+        truncate_curves(live_dir, checkpoint_step(resume_from))
+    return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume_from is not None)
+
+
+def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState) -> None:
+    """Save the model and tokenizer to `output` atomically. Every rank calls the Trainer's save (FSDP gathers
+    the full state dict there); only the main process writes and renames."""
+    tmp = output.with_name(f".{output.name}.tmp-trained")
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, output)
+    state.wait_for_everyone()
 
 
 def fit(
@@ -134,33 +198,39 @@ def fit(
 
     `finalize` runs on the trained model before it is saved (pruning makes its masks permanent there).
     """
-    folder, resume_from = checkpoint_dir(stage, run_id)
-    live = Live(dir=str(paths.DVCLIVE / stage), dvcyaml=None, save_dvc_exp=False, resume=resume_from is not None)
+    processes = world_size()
+    args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes)
+    _ = args.device  # sets up the Trainer's PartialState: under a launcher, the process group (gloo on CPU)
+    state = PartialState()
+    run_id = hashlib.sha256(f"{run_id} processes={processes}".encode()).hexdigest()
+    folder, resume_from = checkpoint_dir(stage, run_id, state)
+    model.set_attn_implementation(cfg.attn_implementation)
+    callbacks = [TrainingStepDVCLiveCallback(live=open_live(stage, resume_from))] if state.is_main_process else []
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(cfg, folder, seed),
+        args=args,
         data_collator=PadCollator(tokenizer.pad_token_id),
         train_dataset=train_set,
         eval_dataset=eval_sets,
         processing_class=tokenizer,
-        callbacks=[TrainingStepDVCLiveCallback(live=live)],
+        callbacks=callbacks,
         **trainer_kwargs,
     )
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %d parameters, %d steps of %d examples", stage, n_params, cfg.max_steps,
-             cfg.batch_size * cfg.grad_accum_steps * trainer.args.world_size)
+    log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
+             cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
     result = trainer.train(resume_from_checkpoint=resume_from)
     final = trainer.evaluate()
     if finalize is not None:
         finalize(model)
-    if trainer.is_world_process_zero():
-        with atomic_dir(output) as out:
-            trainer.save_model(str(out))
-            tokenizer.save_pretrained(str(out))
+    save_trained(trainer, tokenizer, output, state)
+    if state.is_main_process:
         log.info("%s: saved %s", stage, output)
 
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
+        "processes": processes,
         "parameters": n_params,
         "train_loss": round(result.training_loss, 4),
         "train_runtime_s": round(result.metrics["train_runtime"], 2),
