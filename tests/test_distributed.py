@@ -56,7 +56,7 @@ def read(path: Path) -> dict:
 
 
 def curve_steps(repo: Path, stage: str) -> list[int]:
-    rows = (repo / f"dvclive/{stage}/plots/metrics/train/loss.tsv").read_text().splitlines()
+    rows = (repo / f"dvclive/{stage}/plots/metrics/loss.tsv").read_text().splitlines()
     column = rows[0].split("\t").index("step")
     return [int(row.split("\t")[column]) for row in rows[1:]]
 

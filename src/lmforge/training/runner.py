@@ -135,12 +135,27 @@ def checkpoint_dir(stage: str, run_id: str, state: PartialState | None = None) -
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stamp.write_text(run_id + "\n")
+        for partial in incomplete_checkpoints(folder):
+            log.info("%s: discarding a checkpoint that a killed run left incomplete", partial)
+            shutil.rmtree(partial)
     if state is not None:
         state.wait_for_everyone()
     last = get_last_checkpoint(str(folder))
     if last:
         log.info("resuming from %s", last)
     return folder, last
+
+
+def incomplete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints without a readable trainer_state.json, which the Trainer writes last: a run killed while
+    saving left them half-written (the previous, complete one is only rotated out after it)."""
+    partial = []
+    for checkpoint in folder.glob("checkpoint-*"):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            partial.append(checkpoint)
+    return partial
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
