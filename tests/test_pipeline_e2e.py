@@ -1,6 +1,6 @@
 """The whole pipeline under DVC, on the smallest profile, in a temporary copy of the repository.
 
-`dvc repro` runs all seven stages; a second `dvc repro` runs none; an experiment that changes one
+`dvc repro` runs every stage; a second `dvc repro` runs none; an experiment that changes one
 quantize parameter reruns quantize and evaluate only.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
+STAGES = ["base", "preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
 
 pytestmark = pytest.mark.slow
 

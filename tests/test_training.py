@@ -11,7 +11,8 @@ from lmforge.training.data import PadCollator
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.losses import IGNORE_INDEX, kd_loss, lm_loss
 
-TEACHER = ModelConfig(arch="gpt2", init="scratch", n_layer=4, n_head=2, n_embd=32, n_positions=32, dropout=0.0)
+TEACHER = ModelConfig(arch="gpt2", init="scratch", name_or_path=None, gguf_file=None, n_layer=4, n_head=2,
+                      n_embd=32, n_positions=32, dropout=0.0)
 
 
 def teacher_model(seed: int = 0) -> GPT2LMHeadModel:

@@ -58,8 +58,12 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = spec(choices=("gpt2",))
-    init: str = spec(choices=("scratch",))
+    # scratch: a GPT-2 of the shape below. pretrained: the checkpoint's own architecture (its model_type
+    # must equal arch), with n_layer .. dropout ignored; see lmforge.modeling.pretrained.
+    arch: str = spec(choices=("gpt2", "llama"))
+    init: str = spec(choices=("scratch", "pretrained"))
+    name_or_path: str | None = spec()  # pretrained: hub name or local save_pretrained folder
+    gguf_file: str | None = spec()  # pretrained: a .gguf path, or pkg://<package>/<file>
     n_layer: int = spec(ge=1, le=96)
     n_head: int = spec(ge=1, le=128)
     n_embd: int = spec(ge=8, le=16384)
@@ -70,8 +74,8 @@ class ModelConfig:
 @dataclass
 class StudentConfig:
     n_layer: int = spec(ge=1, le=96)
-    n_head: int | None = spec(ge=1, le=128)  # null: the teacher's
-    n_embd: int | None = spec(ge=8, le=16384)  # null: the teacher's
+    n_head: int | None = spec(ge=1, le=128)  # null: the teacher's (other than GPT-2: must be the teacher's)
+    n_embd: int | None = spec(ge=8, le=16384)  # null: the teacher's (other than GPT-2: must be the teacher's)
     init_from_teacher: bool = spec()  # copy embeddings and alternate blocks where shapes match
 
 

@@ -20,7 +20,8 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-EMBEDDING_NAMES = ("wte", "wpe")  # GPT-2's token and position embeddings
+# GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary)
+EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens")
 
 
 def _pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +106,7 @@ def _weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total, non-embedding (without wte / wpe) and non-zero parameters, int8 weights included."""
+    """Total, non-embedding (without wte / wpe / embed_tokens) and non-zero parameters, int8 weights included."""
     total = non_embedding = nonzero = 0
     with torch.inference_mode():
         for name, tensor in _weight_tensors(model):

@@ -1,11 +1,18 @@
-"""Models of the chain: the teacher architecture from config, and a smaller student derived from it."""
+"""Models of the chain: the teacher architecture from config, and a smaller student derived from it.
+
+A GPT-2 teacher can be distilled into a narrower student; a teacher of another family (Llama and
+its relatives, loaded through lmforge.modeling.pretrained) into one with fewer layers of the same
+width, initialised from evenly spaced teacher layers.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from lmforge.config import ModelConfig, StudentConfig
 from lmforge.errors import ConfigError
@@ -15,6 +22,9 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of the configured shape; the vocabulary comes from the tokenizer."""
+    if cfg.arch != "gpt2":
+        raise ConfigError(f"params.yaml: model.arch={cfg.arch!r} is only supported with model.init=pretrained "
+                          "(from scratch lmforge builds a GPT-2)")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"params.yaml: model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
     config = GPT2Config(
@@ -54,7 +64,9 @@ def teacher_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * teacher_layers // student_layers for i in range(student_layers)]
 
 
-def build_student(teacher: GPT2LMHeadModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> GPT2LMHeadModel:
+def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> PreTrainedModel:
+    if teacher.config.model_type != "gpt2":
+        return build_layer_student(teacher, teacher_cfg, cfg)
     n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)
     config = teacher.config.to_dict()
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
@@ -74,8 +86,51 @@ def build_student(teacher: GPT2LMHeadModel, teacher_cfg: ModelConfig, cfg: Stude
     return student
 
 
+def decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
+    """(qualified name, module) of the stack of decoder layers: "model.layers" in the Llama family."""
+    base = model.base_model
+    for attr in ("layers", "h"):
+        layers = getattr(base, attr, None)
+        if isinstance(layers, nn.ModuleList):
+            prefix = model.base_model_prefix
+            return (f"{prefix}.{attr}" if getattr(model, prefix, None) is base else attr), layers
+    raise ConfigError(f"cannot find the decoder layers of a {model.config.model_type!r} model")
+
+
+def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> PreTrainedModel:
+    """A student of the teacher's family and width with fewer layers (Llama and relatives).
+
+    With init_from_teacher, every tensor outside the layer stack (token embeddings, final norm, LM
+    head if untied) is copied and student layer s is teacher layer teacher_layer_map[s].
+    """
+    n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)
+    if (n_head, n_embd) != (teacher_cfg.n_head, teacher_cfg.n_embd):
+        raise ConfigError(f"params.yaml: a {teacher.config.model_type!r} student keeps the teacher's width: set "
+                          f"student.n_head and student.n_embd to null (got {cfg.n_head}, {cfg.n_embd})")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = n_layer
+    if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
+        config.layer_types = [config.layer_types[t] for t in teacher_layer_map(teacher_cfg.n_layer, n_layer)]
+    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if cfg.init_from_teacher:
+        layer_map = teacher_layer_map(teacher_cfg.n_layer, n_layer)
+        name, _ = decoder_layers(teacher)
+        source = teacher.state_dict()
+        state = {}
+        for key in student.state_dict():
+            if key.startswith(f"{name}."):
+                index, rest = key[len(name) + 1:].split(".", 1)
+                key_in_teacher = f"{name}.{layer_map[int(index)]}.{rest}"
+            else:
+                key_in_teacher = key
+            state[key] = source[key_in_teacher]
+        student.load_state_dict(state, strict=True)
+        log.info("student initialised from teacher layers %s (embeddings, final norm and head copied)", layer_map)
+    return student
+
+
 def non_embedding_parameters(model: PreTrainedModel) -> int:
     """Parameters outside the token and position embeddings (the tied LM head shares wte)."""
-    embeddings = {id(p) for m in (model.get_input_embeddings(), getattr(model.transformer, "wpe", None)) if m
-                  for p in m.parameters()}
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2's positions; rotary models have none
+    embeddings = {id(p) for m in (model.get_input_embeddings(), wpe) if m for p in m.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)

