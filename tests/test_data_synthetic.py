@@ -11,8 +11,8 @@ from lmforge.data.synthetic import generate, sentiment_label, sentiment_score
 
 
 def synthetic_config(general_docs: int, domain_docs: int, task_examples: int) -> DataConfig:
-    return DataConfig(source="synthetic", general_docs=general_docs, domain_docs=domain_docs,
-                      task_examples=task_examples, general=None, domain=None, task=None,
+    return DataConfig(source="synthetic", raw="src/lmforge/data/synthetic.py", general_docs=general_docs,
+                      domain_docs=domain_docs, task_examples=task_examples, general=None, domain=None, task=None,
                       domain_from_task=None, streaming=False)
 
 

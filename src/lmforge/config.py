@@ -61,6 +61,7 @@ class CorpusConfig:
 @dataclass
 class DataConfig:
     source: str = spec(choices=("synthetic", "local", "hub"))
+    raw: str = spec()  # what dvc.yaml's preprocess depends on: data/raw (local) or the generator's code
     # synthetic: documents generated; local / hub: at most this many read (null: all)
     general_docs: int | None = spec(ge=10)  # documents of the general corpus
     domain_docs: int | None = spec(ge=10)  # unlabelled reviews (domain language modelling)
