@@ -103,7 +103,7 @@ def _rows(spec: CorpusConfig, key: str, hub: bool, patterns: list[str], split: s
             raise ConfigError(f"{key}: data=local needs files (or label_files)")
         path, kwargs = LOCAL_BUILDERS[spec.path][0], dict(LOCAL_BUILDERS[spec.path][1])
         files = resolve_globs(patterns, key)
-        where = ", ".join(files)
+        where = _names(files)
     if path == "text":
         kwargs |= {"sample_by": spec.sample_by, "encoding": spec.encoding}
     elif path == "csv":
@@ -124,6 +124,11 @@ def _rows(spec: CorpusConfig, key: str, hub: bool, patterns: list[str], split: s
     return ds
 
 
+def _names(files: list[str], most: int = 5) -> str:
+    """Files for a message: all of a few, the first ones of many."""
+    return ", ".join(files) if len(files) <= most else f"{', '.join(files[:most])} and {len(files) - most} more"
+
+
 def _first_unreadable(path: str, files: list[str], kwargs: dict) -> str:
     """Which of several files fails to load on its own (the error of a multi-file load does not say)."""
     for file in files:
@@ -131,7 +136,7 @@ def _first_unreadable(path: str, files: list[str], kwargs: dict) -> str:
             load_dataset(path, data_files={"train": [file]}, split="train", **kwargs)
         except Exception:  # noqa: BLE001
             return file
-    return ", ".join(files)
+    return _names(files)
 
 
 def _take(rows, spec: CorpusConfig, key: str, patterns: list[str], fixed_label: int | None,
