@@ -313,3 +313,16 @@ def test_cpu_real_profile_preprocess(tmp_path, monkeypatch):
     assert 0.4 < metrics["task"]["test"]["positive_fraction"] < 0.6
     assert metrics["task"]["truncated"] == 0  # every review fits block_size
     json.dumps(metrics)
+
+
+@pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir(), reason=f"no WikiText-2 in {SHARED}")
+def test_wikitext_detokenised_through_the_cleaning():
+    spec = corpus(files=[str(SHARED / "wikitext-2/wiki.valid.tokens")], label_files=[], detokenize="wikitext")
+    texts, _ = load_corpus(spec, "data.general", hub=False)
+    assert len(texts) == 3760  # one document per line, blank lines included
+    kept, stats = clean_corpus("general", texts, min_chars=20, dedupe_mode="normalized", detokenize="wikitext")
+    assert stats["detokenized"] > 1000 and stats["too_short_removed"] > 100  # short headings
+    cleaned = [text for _, text in kept]
+    assert not any(" @-@ " in t or " @,@ " in t or " , " in t for t in cleaned)
+    assert any("-" in t for t in cleaned)
+    assert sum(t.count("<unk>") for t in cleaned) > 1000  # a word of WikiText, not an HTML tag

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_TAG = re.compile(r"<[^>]{0,200}>")  # bounded, so a stray "<" cannot swallow a whole document
+# bounded, so a stray "<" cannot swallow a whole document; WikiText's "<unk>" is a word, not a tag
+_TAG = re.compile(r"<(?!unk>)[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
 
 
