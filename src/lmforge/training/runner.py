@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from dvclive import Live
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from dvclive import Live
 from lmforge import paths
 from lmforge.artifacts import atomic_dir
 from lmforge.config import TrainConfig
