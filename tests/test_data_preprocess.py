@@ -97,7 +97,8 @@ def test_metrics_add_up_and_no_leakage(tiny_processed):
     sizes = {"general": data.general_docs, "domain": data.domain_docs, "task": data.task_examples}
     for name, stats in metrics["sources"].items():
         assert stats["docs_in"] == sizes[name]
-        removed = stats["duplicates_removed"] + stats["too_short_removed"]
+        removed = (stats["duplicates_removed"] + stats["normalized_duplicates_removed"]
+                   + stats["too_short_removed"] + stats["too_long_removed"])
         assert stats["docs_out"] == stats["docs_in"] - removed
     split_docs = {
         "general": sum(s["docs"] for s in metrics["lm_general"].values()),
@@ -116,8 +117,9 @@ def test_clean_corpus_dedupes_after_cleaning():
     docs = ["the plot was good .", "the plot  was good .<br />", "short", "the acting was bad ."]
     kept, stats = clean_corpus("domain", docs, min_chars=10)
     assert kept == [(0, "the plot was good ."), (3, "the acting was bad .")]
-    assert stats == {"docs_in": 4, "changed_by_cleaning": 1, "duplicates_removed": 1,
-                     "too_short_removed": 1, "docs_out": 2}
+    assert stats == {"docs_in": 4, "detokenized": 0, "changed_by_cleaning": 1, "duplicates_removed": 1,
+                     "normalized_duplicates_removed": 0, "too_short_removed": 1, "too_long_removed": 0,
+                     "docs_out": 2}
     with pytest.raises(DataError, match=r"domain corpus is empty .* 4 documents in, 0 kept .*=99 dropped 3"):
         clean_corpus("domain", docs, min_chars=99)
 

@@ -9,13 +9,20 @@ from lmforge.data.baseline import bow_accuracy, majority_accuracy
 from lmforge.data.cleaning import clean_text, dedupe, drop_short
 from lmforge.data.synthetic import generate, sentiment_label, sentiment_score
 
-SMALL = DataConfig(source="synthetic", general_docs=50, domain_docs=40, task_examples=60)
+
+def synthetic_config(general_docs: int, domain_docs: int, task_examples: int) -> DataConfig:
+    return DataConfig(source="synthetic", raw="src/lmforge/data/synthetic.py", general_docs=general_docs,
+                      domain_docs=domain_docs, task_examples=task_examples, general=None, domain=None, task=None,
+                      domain_from_task=None, streaming=False)
+
+
+SMALL = synthetic_config(50, 40, 60)
 
 
 @pytest.fixture(scope="module")
 def default_task_data():
     """Task examples at the default size of conf/data/synthetic.yaml."""
-    return generate(DataConfig(source="synthetic", general_docs=10, domain_docs=10, task_examples=6000), 1234)
+    return generate(synthetic_config(10, 10, 6000), 1234)
 
 
 def test_generate_is_deterministic_in_the_seed():
@@ -27,7 +34,7 @@ def test_generate_is_deterministic_in_the_seed():
 
 def test_corpus_sizes_are_independent():
     """Growing one corpus leaves the others as they were (one random stream per corpus)."""
-    bigger = generate(DataConfig(source="synthetic", general_docs=50, domain_docs=80, task_examples=60), 7)
+    bigger = generate(synthetic_config(50, 80, 60), 7)
     small = generate(SMALL, 7)
     assert bigger.general == small.general and bigger.task_texts == small.task_texts
     assert bigger.domain[:40] == small.domain

@@ -38,20 +38,52 @@ def spec(*, ge: float | None = None, le: float | None = None, gt: float | None =
 
 
 @dataclass
+class CorpusConfig:
+    """One real corpus, read by `datasets.load_dataset(path, name, data_files=..., split=...)`.
+
+    data=local: `path` is a builder (text, csv, tsv, json, parquet) and `files` / `label_files` are
+    globs relative to the repository root. data=hub: `path` is a dataset name and `name` its config.
+    """
+
+    path: str = spec()  # builder (text|csv|tsv|json|jsonl|parquet) or hub dataset name
+    name: str | None = spec()  # hub dataset config, e.g. wikitext-103-raw-v1
+    files: list[str] = spec()  # globs, all pooled; lmforge splits train/validation/test itself
+    label_files: list[str] = spec()  # one glob per label, in label_words order (rt-polarity layout)
+    splits: list[str] = spec()  # source splits read and pooled, e.g. [train, test]
+    sample_by: str = spec(choices=("line", "paragraph", "document"))  # text builder: one doc per ...
+    encoding: str = spec()  # text / csv / tsv files
+    text_column: str = spec()
+    label_column: str | None = spec()  # task corpus without label_files
+    label_values: list[str] = spec()  # raw label of each class, in label_words order (compared as text)
+    detokenize: str = spec(choices=("none", "wikitext"))  # undo tokenised text (WikiText's " @-@ ")
+
+
+@dataclass
 class DataConfig:
-    source: str = spec(choices=("synthetic",))
-    general_docs: int = spec(ge=10)  # documents of the general corpus
-    domain_docs: int = spec(ge=10)  # unlabelled reviews (domain language modelling)
-    task_examples: int = spec(ge=20)  # labelled reviews (downstream task)
+    source: str = spec(choices=("synthetic", "local", "hub"))
+    raw: str = spec()  # what dvc.yaml's preprocess depends on: data/raw (local) or the generator's code
+    # synthetic: documents generated; local / hub: at most this many read (null: all)
+    general_docs: int | None = spec(ge=10)  # documents of the general corpus
+    domain_docs: int | None = spec(ge=10)  # unlabelled reviews (domain language modelling)
+    task_examples: int | None = spec(ge=20)  # labelled reviews (downstream task)
+    general: CorpusConfig | None = spec()  # local / hub only
+    domain: CorpusConfig | None = spec()  # null with domain_from_task
+    task: CorpusConfig | None = spec()
+    domain_from_task: float | None = spec(gt=0.0, lt=1.0)  # share of task reviews used, unlabelled, as domain
+    streaming: bool = spec()  # local / hub: read lazily, stop after *_docs (corpora larger than memory)
 
 
 @dataclass
 class PreprocessConfig:
-    vocab_size: int = spec(ge=300, le=1_000_000)
+    tokenizer: str = spec(choices=("train", "base"))  # train a BPE, or reuse models/base's tokenizer
+    vocab_size: int = spec(ge=300, le=1_000_000)  # tokenizer=train only
     block_size: int = spec(ge=8, le=8192)
     val_fraction: float = spec(gt=0.0, lt=0.5)
     test_fraction: float = spec(gt=0.0, lt=0.5)
     min_chars: int = spec(ge=1)  # documents shorter than this after cleaning are dropped
+    max_chars: int | None = spec(ge=1)  # documents longer than this are dropped (null: no limit)
+    dedupe: str = spec(choices=("exact", "normalized"))  # normalized: case, punctuation, spacing ignored
+    num_proc: int = spec(ge=1, le=256)  # processes for tokenisation
     prompt: str = spec()  # appended to every review, before the label word
     label_words: list[str] = spec()  # index = label id; each must be exactly one token
 

@@ -1,0 +1,168 @@
+"""Real corpora through `datasets.load_dataset`: local files (data=local) and hub datasets (data=hub).
+
+Both go through one function, `load_corpus`: local is a builder name (text, csv, json, parquet) plus
+the files its globs match, hub is a dataset name plus its config. Every bad input stops here, before
+any processing, with a DataError that names the file, the column or the value.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from itertools import islice
+from pathlib import Path
+
+from datasets import load_dataset
+
+from lmforge.config import CorpusConfig, DataConfig
+from lmforge.data import RawCorpora
+from lmforge.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# user-facing builder names -> (datasets builder, extra builder arguments)
+LOCAL_BUILDERS = {"text": ("text", {}), "csv": ("csv", {}), "tsv": ("csv", {"sep": "\t"}),
+                  "json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {})}
+TEXT_COLUMN = "text"  # what the text builder calls its only column
+
+
+def load_real(cfg: DataConfig, seed: int) -> RawCorpora:  # noqa: ARG001 - same signature as synthetic
+    """The three corpora of data=local or data=hub. With `domain_from_task` the domain corpus is
+    left empty here: preprocess carves it out of the cleaned task reviews."""
+    for name in ("general", "task"):
+        if getattr(cfg, name) is None:
+            raise ConfigError(f"data.{name} must be set for data.source={cfg.source}")
+    if (cfg.domain is None) == (cfg.domain_from_task is None):
+        raise ConfigError("set exactly one of data.domain (a corpus) and data.domain_from_task "
+                          f"(a share of the task reviews), got domain={cfg.domain!r}, "
+                          f"domain_from_task={cfg.domain_from_task!r}")
+    hub = cfg.source == "hub"
+    general, _ = load_corpus(cfg.general, "data.general", hub, cfg.general_docs, cfg.streaming)
+    domain: list[str] = []
+    if cfg.domain is not None:
+        domain, _ = load_corpus(cfg.domain, "data.domain", hub, cfg.domain_docs, cfg.streaming)
+    task, labels = load_corpus(cfg.task, "data.task", hub, cfg.task_examples, cfg.streaming,
+                               labelled=True)
+    return RawCorpora(general=general, domain=domain, task_texts=task, task_labels=labels)
+
+
+def load_corpus(spec: CorpusConfig, key: str, hub: bool, limit: int | None = None,
+                streaming: bool = False, labelled: bool = False) -> tuple[list[str], list[int]]:
+    """(texts, labels) of one corpus; labels are indices into `preprocess.label_words` (empty when
+    not `labelled`). `limit` keeps the first documents only (read lazily when `streaming`)."""
+    if labelled and not spec.label_files and (spec.label_column is None or not spec.label_values):
+        raise ConfigError(f"{key}: a labelled corpus needs label_files (one glob per label) or "
+                          f"label_column and label_values")
+    if spec.label_files:
+        groups = [(i, [pattern]) for i, pattern in enumerate(spec.label_files)]  # label = file's index
+    else:
+        groups = [(None, spec.files)]
+    # a limit is shared equally between label files, so that a cap keeps both classes
+    share = None if limit is None else -(-limit // len(groups))
+    texts: list[str] = []
+    labels: list[int] = []
+    for fixed_label, patterns in groups:
+        got = 0
+        for split in spec.splits if hub else ["train"]:  # local files form one split
+            room = None if share is None else share - got
+            if room == 0:
+                break
+            rows = _rows(spec, key, hub, patterns, split, streaming)
+            got_texts, got_labels = _take(rows, spec, key, patterns, fixed_label, labelled, room)
+            texts += got_texts
+            labels += got_labels
+            got += len(got_texts)
+    log.info("%s: %d documents from %s", key, len(texts), spec.path if hub else ", ".join(
+        spec.label_files or spec.files))
+    return texts, labels
+
+
+def resolve_globs(patterns: list[str], key: str) -> list[str]:
+    """Every file the globs match, sorted within each glob (a stable document order)."""
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not matched:
+            raise DataError(f"{key}: the pattern {pattern!r} matches no file "
+                            f"(relative to {Path.cwd()})")
+        files += matched
+    return files
+
+
+def _rows(spec: CorpusConfig, key: str, hub: bool, patterns: list[str], split: str, streaming: bool):
+    """An iterable of row dicts of one source split, its errors turned into DataErrors."""
+    if hub:
+        path, kwargs = spec.path, {"name": spec.name}
+        files = resolve_globs(patterns, key) if patterns else None
+        where = f"hub dataset {spec.path!r}" + (f" ({spec.name})" if spec.name else "")
+    else:
+        if spec.path not in LOCAL_BUILDERS:
+            raise ConfigError(f"{key}.path: unknown local format {spec.path!r} "
+                              f"(expected one of {', '.join(LOCAL_BUILDERS)})")
+        if not patterns:
+            raise ConfigError(f"{key}: data=local needs files (or label_files)")
+        path, kwargs = LOCAL_BUILDERS[spec.path][0], dict(LOCAL_BUILDERS[spec.path][1])
+        files = resolve_globs(patterns, key)
+        where = _names(files)
+    if path == "text":
+        kwargs |= {"sample_by": spec.sample_by, "encoding": spec.encoding}
+    elif path == "csv":
+        kwargs |= {"encoding": spec.encoding}
+    data_files = {split: files} if files else None
+    try:
+        ds = load_dataset(path, data_files=data_files, split=split, streaming=streaming, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to read becomes one clear message
+        culprit = _first_unreadable(path, files, kwargs) if files and len(files) > 1 else where
+        raise DataError(f"{key}: cannot read {culprit} as {spec.path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    columns = list(ds.column_names or [])
+    needed = [c for c in (spec.text_column, spec.label_column if not spec.label_files else None) if c]
+    for column in needed:
+        if columns and column not in columns:
+            raise DataError(f"{key}: {where} has no column {column!r} (columns found: "
+                            f"{', '.join(columns)}); set {key}.text_column / label_column")
+    return ds
+
+
+def _names(files: list[str], most: int = 5) -> str:
+    """Files for a message: all of a few, the first ones of many."""
+    return ", ".join(files) if len(files) <= most else f"{', '.join(files[:most])} and {len(files) - most} more"
+
+
+def _first_unreadable(path: str, files: list[str], kwargs: dict) -> str:
+    """Which of several files fails to load on its own (the error of a multi-file load does not say)."""
+    for file in files:
+        try:
+            load_dataset(path, data_files={"train": [file]}, split="train", **kwargs)
+        except Exception:  # noqa: BLE001
+            return file
+    return _names(files)
+
+
+def _take(rows, spec: CorpusConfig, key: str, patterns: list[str], fixed_label: int | None,
+          labelled: bool, limit: int | None) -> tuple[list[str], list[int]]:
+    texts: list[str] = []
+    labels: list[int] = []
+    allowed = {value: i for i, value in enumerate(spec.label_values)}
+    for row in islice(rows, limit):
+        if spec.text_column not in row or (labelled and fixed_label is None
+                                           and spec.label_column not in row):
+            raise DataError(f"{key}: {', '.join(patterns) or spec.path} has no column "
+                            f"{spec.text_column if spec.text_column not in row else spec.label_column!r}"
+                            f" (columns found: {', '.join(row)})")
+        text = row[spec.text_column]
+        if not isinstance(text, str):  # a missing value in a csv cell: nothing to learn from
+            text = "" if text is None else str(text)
+        texts.append(text)
+        if not labelled:
+            continue
+        if fixed_label is not None:
+            labels.append(fixed_label)
+            continue
+        value = row[spec.label_column]
+        if str(value) not in allowed:
+            raise DataError(f"{key}: label value {value!r} in column {spec.label_column!r} of "
+                            f"{', '.join(patterns) or spec.path} is not one of the label_values "
+                            f"{spec.label_values}")
+        labels.append(allowed[str(value)])
+    return texts, labels
