@@ -90,10 +90,6 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
 
     folder, params = workdir
     monkeypatch.chdir(folder)
-    # preprocess tokenizes with models/base's tokenizer (the data side of issue #3); until that lands,
-    # the tokenizer preprocess would train is replaced by the base model's here
-    monkeypatch.setattr(preprocess_module, "train_tokenizer",
-                        lambda texts, vocab_size: AutoTokenizer.from_pretrained(BASE))
     timings = {}
 
     def timed(name, fn):
