@@ -51,6 +51,8 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+    env["thread_env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS",
+                                                    "TOKENIZERS_PARALLELISM") if k in os.environ}
     if hasattr(os, "getloadavg"):
         env["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     if torch.cuda.is_available():
