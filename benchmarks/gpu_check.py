@@ -89,6 +89,8 @@ def train_rate(config: GPT2Config, device: str, batch: int, seq: int, steps: int
         result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
     del model, step_model, optimizer
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return result
 
 
@@ -147,8 +149,11 @@ def int_mm_tops(device: str, n: int) -> dict[str, Any]:
         return {"status": "not available: torch._int_mm needs CUDA"}
     a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
     b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device).t().contiguous().t()
-    torch._int_mm(a, b)
-    sync(device)
+    try:
+        torch._int_mm(a, b)
+        sync(device)
+    except Exception as error:
+        return {"status": f"not available: torch._int_mm failed: {type(error).__name__}: {error}"}
     best = float("inf")
     for _ in range(10):
         start = time.perf_counter()
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=common.RESULTS / "gpu_check.json")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 
