@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end on tiny settings and write sane JSON (no wall-clock assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, output: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env["PYTHON"] = sys.executable  # gpu_check.sh: this interpreter, whatever venv the tests run in
+    command = ["bash", str(REPO / script)] if script.endswith(".sh") else [sys.executable, str(REPO / script)]
+    subprocess.run([*command, *args, "--output", str(output)], cwd=REPO, env=env, check=True, timeout=600,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return json.loads(output.read_text())
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_train_throughput_compares_the_stage_loop_with_a_minimal_loop(tmp_path):
+    result = run("benchmarks/train_throughput.py", "--steps", "3", "--warmup", "1", "--rounds", "2", "--threads", "1",
+                 "--ceiling-sizes", "128,256", "--override", "profile=tiny", output=tmp_path / "train.json")
+    assert {"config", "environment", "results"} <= set(result)
+    assert result["environment"]["torch_threads"] == 1 and result["environment"]["torch"]
+    assert result["config"]["batch_size"] == 8 and result["config"]["block_size"] == 32  # the tiny profile's
+    res = result["results"]
+    assert len(res["rounds"]) == 2 and {r["order"] for r in res["rounds"]} == {"stage-minimal", "minimal-stage"}
+    for key in ("stage_tokens_per_s", "minimal_tokens_per_s", "ratio", "ratio_median_step"):
+        assert positive(res[key]["median"]) and res[key]["min"] <= res[key]["median"] <= res[key]["max"], key
+    assert positive(res["matmul_ceiling_gflops"])
+    assert 0 < res["mfu_stage"] < 1 and 0 < res["mfu_minimal"] < 1
+    assert isinstance(res["goal_met"], bool)
+
+
+def test_preprocess_throughput_compares_pack_with_the_tokenizer(tmp_path):
+    result = run("benchmarks/preprocess_throughput.py", "--rounds", "2", "--max-docs", "40", "--no-wikitext",
+                 "--override", "profile=tiny", output=tmp_path / "preprocess.json")
+    (entry,) = result["results"]
+    assert entry["documents"] == 40 and positive(entry["tokens"])
+    for key in ("stage_tokens_per_s", "tokenizer_tokens_per_s", "ratio", "direct_ratio"):
+        assert positive(entry[key]["median"]), key
+    assert isinstance(entry["goal_met"], bool)
+
+
+def test_gpu_check_dry_run_exercises_the_gpu_script_on_a_cpu(tmp_path):
+    result = run("benchmarks/gpu_check.sh", "--dry-run", "--threads", "1", output=tmp_path / "gpu.json")
+    assert result["config"]["dry_run"] and result["config"]["device"] == "cpu"
+    res = result["results"]
+    assert positive(res["matmul_ceiling_tflops"])
+    train = res["training"]["eager"]
+    assert positive(train["tokens_per_s"]) and 0 < train["mfu_vs_measured_ceiling"] < 1
+    assert train["loss"] == pytest.approx(train["loss"])  # a number, not NaN
+    assert positive(res["inference"]["fp32"]["throughput"]["tokens_per_s"])
+    assert res["inference"]["int8"]["status"].startswith("not available")
