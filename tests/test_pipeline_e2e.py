@@ -5,52 +5,21 @@ quantize parameter reruns quantize and evaluate only.
 """
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from dvc_repo import make_repo, run, stages_run
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["base", "preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
-    return output
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     """A git repository holding the project's files (committed or not), with params.yaml for profile=tiny."""
     dest = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "reports/", "dvclive/")) \
-                and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(dest / "src"), "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "lmforge-test", "GIT_AUTHOR_EMAIL": "test@lmforge.invalid",
-           "GIT_COMMITTER_NAME": "lmforge-test", "GIT_COMMITTER_EMAIL": "test@lmforge.invalid"}
-    run(["git", "init", "-q", "-b", "main"], dest, env)
-    run([sys.executable, "-m", "lmforge.compose", "profile=tiny"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "tiny profile"], dest, env)
-    return dest, env
+    return dest, make_repo(dest, ["profile=tiny"])
 
 
 def test_repro_runs_every_stage_then_nothing(repo):
