@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         block_size, vocab_size, seed = params["preprocess"].block_size, params["preprocess"].vocab_size, params["seed"]
         pad_id = 0  # the byte-level BPE's eos/pad token (its only special token) is id 0
 
-        torch.manual_seed(seed)
-        prototype = build_model(params["model"], vocab_size=vocab_size, eos_token_id=pad_id)
+        prototype = build_model(params["model"], vocab_size=vocab_size, eos_token_id=pad_id, seed=seed)
         generator = torch.Generator().manual_seed(seed)
         blocks = torch.randint(1, vocab_size, (cfg.max_steps * cfg.batch_size, block_size), generator=generator)
         fpt, n_params = flops_per_token(prototype, block_size)

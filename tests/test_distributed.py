@@ -75,11 +75,13 @@ def test_ddp_pretraining_learns_as_much_as_one_process_with_the_same_global_batc
     ddp, single = runs["ddp"]["pretrain"]["metrics"], runs["single"]["pretrain"]["metrics"]
     vocab = 400  # profile=tiny; an untrained model's loss is about ln(vocab)
     assert ddp["eval_general_loss"] < math.log(vocab) - 0.5, "the saved model is no better than its initialisation"
-    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=0.02)
-    assert ddp["eval_general_loss"] == pytest.approx(single["eval_general_loss"], rel=0.02)
+    # same seeded initial model, same global batches (rank r takes every other example of the shuffled batch):
+    # the same optimisation, up to the order of floating-point sums (equal to 4 decimals on the development machine)
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)
+    assert ddp["eval_general_loss"] == pytest.approx(single["eval_general_loss"], rel=1e-3)
 
 
 def test_ddp_distillation_matches_one_process(runs):
     ddp, single = runs["ddp"]["distill"]["metrics"], runs["single"]["distill"]["metrics"]
     for key in ["train_loss", "eval_domain_loss", "eval_task_loss"]:
-        assert ddp[key] == pytest.approx(single[key], rel=0.03), key
+        assert ddp[key] == pytest.approx(single[key], rel=1e-3), key

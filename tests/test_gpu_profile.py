@@ -36,10 +36,9 @@ def test_gpu_profile_composes_builds_and_takes_a_step_on_cpu(tmp_path):
         assert (cfg.precision, cfg.optim, cfg.attn_implementation, cfg.torch_compile) == (
             "bf16", "adamw_torch_fused", "sdpa", True)
 
-    torch.manual_seed(0)
-    teacher = build_model(dataclasses.replace(params["model"], init="scratch"), GPT2_VOCAB, GPT2_EOS)
+    teacher = build_model(dataclasses.replace(params["model"], init="scratch"), GPT2_VOCAB, GPT2_EOS, seed=0)
     assert sum(p.numel() for p in teacher.parameters()) == 124_439_808  # GPT-2 124M
-    student = build_student(teacher, params["model"], params["student"])
+    student = build_student(teacher, params["model"], params["student"], seed=0)
     assert (student.config.n_layer, student.config.n_embd) == (6, 512)
     assert non_embedding_parameters(student) <= 0.6 * non_embedding_parameters(teacher)
 

@@ -16,8 +16,7 @@ TEACHER = ModelConfig(arch="gpt2", init="scratch", name_or_path=None, gguf_file=
 
 
 def teacher_model(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return build_model(TEACHER, vocab_size=50, eos_token_id=0)
+    return build_model(TEACHER, vocab_size=50, eos_token_id=0, seed=seed)
 
 
 def test_model_is_built_from_config_with_the_tokenizer_vocabulary():
@@ -26,10 +25,25 @@ def test_model_is_built_from_config_with_the_tokenizer_vocabulary():
     assert model.lm_head.weight is model.transformer.wte.weight  # tied, as GPT-2
 
 
+def test_initial_weights_are_a_function_of_the_seed():
+    """A rerun, and a resumed run, must start from the same model: nothing random may escape the seed."""
+    torch.manual_seed(123)  # whatever the global RNG was left at
+    first = teacher_model(seed=7).state_dict()
+    torch.rand(5)
+    again = teacher_model(seed=7).state_dict()
+    other = teacher_model(seed=8).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["transformer.h.0.attn.c_attn.weight"], other["transformer.h.0.attn.c_attn.weight"])
+    narrow = StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True)
+    a = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
+    b = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
     teacher = teacher_model()
     student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=None, n_embd=None,
-                                                            init_from_teacher=True))
+                                                            init_from_teacher=True), seed=0)
     assert teacher_layer_map(4, 2) == [0, 2]
     for s, t in enumerate([0, 2]):
         for (name, ps), (_, pt) in zip(student.transformer.h[s].named_parameters(),
@@ -41,7 +55,8 @@ def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
 
 def test_student_of_another_width_starts_from_scratch():
     teacher = teacher_model()
-    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True))
+    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True),
+                            seed=0)
     assert student.config.n_embd == 16 and student.config.n_layer == 2
 
 

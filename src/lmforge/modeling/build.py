@@ -12,7 +12,7 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel, set_seed
 
 from lmforge.config import ModelConfig, StudentConfig
 from lmforge.errors import ConfigError
@@ -20,8 +20,9 @@ from lmforge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 of the configured shape; the vocabulary comes from the tokenizer."""
+def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int, *, seed: int) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the configured shape; the vocabulary comes from the tokenizer.
+    The initial weights are a function of `seed`, so a rerun (or a resumed run) starts from the same model."""
     if cfg.arch != "gpt2":
         raise ConfigError(f"params.yaml: model.arch={cfg.arch!r} is only supported with model.init=pretrained "
                           "(from scratch lmforge builds a GPT-2)")
@@ -33,6 +34,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
         tie_word_embeddings=True, loss_type="ForCausalLM",
     )
+    set_seed(seed)
     return GPT2LMHeadModel(config)
 
 
@@ -64,7 +66,10 @@ def teacher_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * teacher_layers // student_layers for i in range(student_layers)]
 
 
-def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> PreTrainedModel:
+def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig, *,
+                  seed: int) -> PreTrainedModel:
+    """The student of `teacher`; whatever is not copied from the teacher is initialised from `seed`."""
+    set_seed(seed)
     if teacher.config.model_type != "gpt2":
         return build_layer_student(teacher, teacher_cfg, cfg)
     n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)

@@ -63,7 +63,7 @@ def distill(params: dict[str, Any]) -> dict[str, Any]:
     source = data.require(paths.model_dir("teacher"), "finetune")
     tokenizer = data.load_tokenizer()
     teacher = AutoModelForCausalLM.from_pretrained(source)
-    student = build_student(teacher, params["model"], params["student"])
+    student = build_student(teacher, params["model"], params["student"], seed=params["seed"])
     ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
     log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
              student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)

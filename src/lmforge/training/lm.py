@@ -28,7 +28,8 @@ def pretrain(params: dict[str, Any]) -> dict[str, Any]:
     eval_sets = {"general": data.lm_examples(paths.LM_GENERAL, "validation", cfg.eval_max_examples)}
     inputs = [paths.LM_GENERAL, paths.TOKENIZER]
     if base is None:
-        model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+        model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                            seed=params["seed"])
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
