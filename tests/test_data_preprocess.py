@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,16 @@ from transformers import AutoTokenizer
 from lmforge import paths
 from lmforge.compose import compose
 from lmforge.config import stage_params
-from lmforge.data.preprocess import check_leakage, clean_corpus, preprocess, split_of
+from lmforge.data.cleaning import DocumentFilter
+from lmforge.data.preprocess import (
+    check_leakage,
+    clean_corpus,
+    pack,
+    preprocess,
+    spill_corpus,
+    split_of,
+    train_tokenizer,
+)
 from lmforge.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +156,7 @@ def test_empty_corpus_leaves_existing_output_intact(tmp_path, monkeypatch):
     sentinel.parent.mkdir(parents=True)
     sentinel.write_text("previous run")
     params = tiny_params(tmp_path, min_chars=100_000)
-    with pytest.raises(DataError, match=r"general corpus is empty after cleaning: 200 documents in"):
+    with pytest.raises(DataError, match=r"task corpus is empty after cleaning: 300 documents in"):
         preprocess(params)
     assert [p.name for p in paths.PROCESSED.iterdir()] == ["sentinel.txt"]
     assert [p.name for p in paths.PROCESSED.parent.iterdir()] == ["processed"]  # no temporary left
@@ -173,6 +183,41 @@ def test_stage_exits_2_with_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "stages" / "preprocess.py")], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert "error: general corpus is empty after cleaning" in result.stderr
+    assert "error: task corpus is empty after cleaning" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "processed").exists() and not (tmp_path / "metrics").exists()
+
+
+def streamed_peak_bytes(params: dict, folder: Path, n_docs: int) -> tuple[int, int]:
+    """(peak Python heap, characters) of a lazily generated general corpus of `n_docs` paragraphs going
+    through the stage's streaming chain: cleaning, hash split into Arrow files, then packing each split."""
+    cfg = params["preprocess"]
+    words = "the a of river stone light green old house under over quietly ran saw".split()
+
+    def paragraph(i: int) -> str:  # ~1 kB, every one different
+        return " ".join(words[(i * 7 + j * j) % len(words)] for j in range(180)) + f" {i}."
+
+    tokenizer = train_tokenizer((paragraph(i) for i in range(200)), cfg.vocab_size)
+    folder.mkdir()
+    tracemalloc.start()
+    try:
+        files, stats = spill_corpus("general", (paragraph(i) for i in range(n_docs)), DocumentFilter(cfg.min_chars),
+                                    cfg, folder)
+        for split, texts in files.items():
+            pack(texts, tokenizer, cfg.block_size, "general", split, folder / f"{split}.blocks.arrow")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats["docs_out"] == n_docs
+    return peak, sum(len(paragraph(i)) for i in range(n_docs))
+
+
+def test_lm_corpora_stream_through_preprocess_in_bounded_memory(tmp_path):
+    """A corpus four times larger needs about the same memory, below its own size: the LM corpora never
+    sit in memory whole (a batch of text and its token lists, and a digest per document, do)."""
+    params = tiny_params(tmp_path)
+    small, small_chars = streamed_peak_bytes(params, tmp_path / "small", 3_000)
+    large, large_chars = streamed_peak_bytes(params, tmp_path / "large", 12_000)
+    assert large_chars > 10_000_000
+    assert large < 0.7 * large_chars, f"peak {large / 1e6:.1f} MB for {large_chars / 1e6:.1f} MB of text"
+    assert large < 1.3 * small, f"peak {small / 1e6:.1f} MB -> {large / 1e6:.1f} MB for 4x the text"

@@ -6,7 +6,7 @@ import pytest
 
 from lmforge.config import DataConfig
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
-from lmforge.data.cleaning import clean_text, dedupe, drop_short
+from lmforge.data.cleaning import DocumentFilter, clean_text
 from lmforge.data.synthetic import generate, sentiment_label, sentiment_score
 
 
@@ -98,13 +98,10 @@ def test_clean_text():
     assert clean_text("fish &amp; chips <b>now</b>") == "fish & chips now"
 
 
-def test_dedupe_keeps_first_and_counts():
-    kept, removed = dedupe(["a", "b", "a", "c", "b", "a"])
-    assert kept == ["a", "b", "c"] and removed == 3
-    pairs, removed = dedupe([("x", 1), ("x", 0), ("y", 0)], key=lambda p: p[0])
-    assert pairs == [("x", 1), ("y", 0)] and removed == 1
-
-
-def test_drop_short():
-    kept, removed = drop_short(["abc", "a", "abcdef"], min_chars=3)
-    assert kept == ["abc", "abcdef"] and removed == 1
+def test_document_filter_keeps_first_occurrences_and_counts_each_step():
+    docs_filter = DocumentFilter(min_chars=3)
+    kept = list(docs_filter(iter(["abc", "b", "abc", "cde ", "b", "abc"])))  # a stream, read once
+    assert kept == [(0, "abc"), (3, "cde")]
+    assert docs_filter.counts == {"docs_in": 6, "detokenized": 0, "changed_by_cleaning": 1, "duplicates_removed": 3,
+                                  "normalized_duplicates_removed": 0, "too_short_removed": 1, "too_long_removed": 0,
+                                  "docs_out": 2}

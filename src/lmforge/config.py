@@ -83,7 +83,7 @@ class PreprocessConfig:
     min_chars: int = spec(ge=1)  # documents shorter than this after cleaning are dropped
     max_chars: int | None = spec(ge=1)  # documents longer than this are dropped (null: no limit)
     dedupe: str = spec(choices=("exact", "normalized"))  # normalized: case, punctuation, spacing ignored
-    num_proc: int = spec(ge=1, le=256)  # processes for tokenisation
+    num_proc: int = spec(ge=1, le=256)  # processes for task-example tokenisation (packing: tokenizer threads)
     prompt: str = spec()  # appended to every review, before the label word
     label_words: list[str] = spec()  # index = label id; each must be exactly one token
 

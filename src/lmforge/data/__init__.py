@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -9,11 +10,12 @@ from dataclasses import dataclass
 class RawCorpora:
     """What every data source returns: three corpora of raw (uncleaned) text.
 
-    general: documents for general language modelling; domain: unlabelled in-domain documents;
-    task_texts / task_labels: labelled examples (label = index into `preprocess.label_words`).
+    general: documents for general language modelling; domain: unlabelled in-domain documents (both
+    may be lazy iterables, read once, as preprocess streams them); task_texts / task_labels: labelled
+    examples (label = index into `preprocess.label_words`), in memory.
     """
 
-    general: list[str]
-    domain: list[str]
+    general: Iterable[str]
+    domain: Iterable[str]
     task_texts: list[str]
     task_labels: list[int]

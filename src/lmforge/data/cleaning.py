@@ -1,14 +1,13 @@
-"""Text cleaning and the document filters; each filter reports how many documents it removed."""
+"""Text cleaning and the document filters, one document at a time; each filter counts what it removed."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 # bounded, so a stray "<" cannot swallow a whole document; WikiText's "<unk>" is a word, not a tag
 _TAG = re.compile(r"<(?!unk>)[^>]{0,200}>")
@@ -22,35 +21,58 @@ def clean_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def dedupe(items: Iterable[T], key: Callable[[T], str] = str) -> tuple[list[T], int]:
-    """Exact duplicates (by `key`) removed, keeping the first occurrence: (kept, number removed)."""
-    seen: set[str] = set()
-    kept: list[T] = []
-    removed = 0
-    for item in items:
-        k = key(item)
-        if k in seen:
-            removed += 1
-        else:
-            seen.add(k)
-            kept.append(item)
-    return kept, removed
+def digest(text: str) -> int:
+    """A 128-bit fingerprint of a text: what the duplicate and leakage checks keep in memory instead of
+    the text itself, so they scale to corpora that do not fit (a collision is a 2**-64 event)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest(), "big")
 
 
-def drop_short(items: Iterable[T], min_chars: int, key: Callable[[T], str] = str) -> tuple[list[T], int]:
-    """Items whose text (by `key`) is shorter than `min_chars` removed: (kept, number removed)."""
-    items = list(items)
-    kept = [item for item in items if len(key(item)) >= min_chars]
-    return kept, len(items) - len(kept)
+class DocumentFilter:
+    """Cleans a stream of documents one at a time and counts what each step did.
+
+    detokenise -> clean_text -> drop exact duplicates -> (normalised duplicates) -> drop too short /
+    too long. Duplicates are compared by digest and the first occurrence is kept (even when a length
+    filter drops it afterwards), so the result does not depend on how the stream is cut.
+    """
+
+    def __init__(self, min_chars: int, max_chars: int | None = None, dedupe: str = "exact",
+                 detokenize: str = "none") -> None:
+        self.min_chars, self.max_chars, self.normalized = min_chars, max_chars, dedupe == "normalized"
+        self.detokenize = DETOKENIZERS[detokenize]
+        self._seen: set[int] = set()
+        self._seen_normalized: set[int] = set()
+        self.counts = dict.fromkeys(["docs_in", "detokenized", "changed_by_cleaning", "duplicates_removed",
+                                     "normalized_duplicates_removed", "too_short_removed", "too_long_removed",
+                                     "docs_out"], 0)
+
+    def __call__(self, docs: Iterable[str]) -> Iterator[tuple[int, str]]:
+        """(index in `docs`, cleaned text) of every document kept."""
+        counts = self.counts
+        for index, doc in enumerate(docs):
+            counts["docs_in"] += 1
+            detokenized = self.detokenize(doc)
+            counts["detokenized"] += detokenized != doc
+            text = clean_text(detokenized)
+            counts["changed_by_cleaning"] += text != detokenized
+            if not _first(self._seen, digest(text)):
+                counts["duplicates_removed"] += 1
+            elif self.normalized and not _first(self._seen_normalized, digest(normalized_key(text))):
+                counts["normalized_duplicates_removed"] += 1
+            elif len(text) < self.min_chars:
+                counts["too_short_removed"] += 1
+            elif self.max_chars is not None and len(text) > self.max_chars:
+                counts["too_long_removed"] += 1
+            else:
+                counts["docs_out"] += 1
+                yield index, text
 
 
-def drop_long(items: Iterable[T], max_chars: int | None, key: Callable[[T], str] = str) -> tuple[list[T], int]:
-    """Items whose text is longer than `max_chars` removed (None: no limit): (kept, number removed)."""
-    items = list(items)
-    if max_chars is None:
-        return items, 0
-    kept = [item for item in items if len(key(item)) <= max_chars]
-    return kept, len(items) - len(kept)
+def _first(seen: set[int], key: int) -> bool:
+    """True the first time `key` is offered."""
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 _WORD = re.compile(r"\w+")

@@ -4,18 +4,26 @@ validate -> load raw corpora (synthetic, local files or hub datasets) -> detoken
 length filters -> (carve the domain corpus out of the task reviews) -> split by hash -> leakage
 check -> train a tokenizer or load models/base's, check the label words -> pack LM blocks, encode
 task examples -> save atomically -> bag-of-words baseline.
+
+The language-modelling corpora (general, domain) stream through these steps a document at a time:
+cleaned text is spilled to Arrow files per split, the tokenizer trains from them and packing reads
+them back in batches, so a corpus larger than memory is fine. Memory holds one batch, the 16-byte
+digests of the duplicate and leakage checks, and the labelled task corpus (small by nature).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
+from datasets.utils.tqdm import tqdm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -23,8 +31,9 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir, write_json
 from lmforge.config import DataConfig, PreprocessConfig
 from lmforge.data import RawCorpora, sources, synthetic
+from lmforge.data.arrow_files import BlockWriter, TextFile
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
-from lmforge.data.cleaning import DETOKENIZERS, clean_text, dedupe, drop_long, drop_short, normalized_key
+from lmforge.data.cleaning import DocumentFilter, digest, normalized_key
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,7 @@ log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 SPLITS = ("train", "validation", "test")
 LM_CORPORA = {"general": paths.LM_GENERAL, "domain": paths.LM_DOMAIN}
+CHARS_PER_TOKENIZER_CALL = 1 << 18  # enough text to amortise a batch call; its token lists take ~25x its size
 
 # data.source -> loader; a `local` or `hub` loader returns the same RawCorpora
 SOURCES: dict[str, Callable[[DataConfig, int], RawCorpora]] = {
@@ -53,31 +63,38 @@ def preprocess(params: dict[str, Any]) -> dict[str, Any]:
                         f"(0..{len(cfg.label_words) - 1}), found {sorted(set(raw.task_labels))}")
 
     metrics: dict[str, Any] = {"sources": {}}
-    kept = {}
     carve = data_cfg.domain_from_task is not None
-    corpora = {"general": raw.general, "domain": raw.domain, "task": raw.task_texts}
-    for name, docs in corpora.items():
-        if name == "domain" and carve:
-            continue  # made from the cleaned task reviews below
-        spec = getattr(data_cfg, name, None)
-        kept[name], metrics["sources"][name] = clean_corpus(
-            name, docs, cfg.min_chars, cfg.max_chars, cfg.dedupe, spec.detokenize if spec else "none")
-    if carve:
-        kept["domain"], kept["task"] = carve_domain(kept["task"], data_cfg.domain_from_task)
-        metrics["sources"]["task"]["moved_to_domain"] = len(kept["domain"])
-        metrics["sources"]["task"]["docs_out"] = len(kept["task"])
-        metrics["sources"]["domain"] = {"docs_in": len(kept["domain"]), "docs_out": len(kept["domain"])}
-        kept = {name: kept[name] for name in corpora}  # the usual order
-    texts = {name: [text for _, text in docs] for name, docs in kept.items()}
-    labels = {text: raw.task_labels[i] for i, text in kept["task"]}  # texts are unique after dedupe
-
-    splits = {name: split_by_hash(name, docs, cfg.val_fraction, cfg.test_fraction)
-              for name, docs in texts.items()}
-    key = normalized_key if cfg.dedupe == "normalized" else None
-    metrics["leakage"] = check_leakage(splits, key=key, disjoint_task_domain=carve)
+    task_detokenize = data_cfg.task.detokenize if data_cfg.task else "none"
+    task, metrics["sources"]["task"] = clean_corpus("task", raw.task_texts, cfg.min_chars, cfg.max_chars,
+                                                    cfg.dedupe, task_detokenize)
+    lm_docs: dict[str, Iterable[str]] = {"general": raw.general, "domain": raw.domain}
+    if carve:  # the domain corpus is a share of the cleaned task reviews, without their labels
+        domain, task = carve_domain(task, data_cfg.domain_from_task)
+        metrics["sources"]["task"]["moved_to_domain"] = len(domain)
+        metrics["sources"]["task"]["docs_out"] = len(task)
+        lm_docs["domain"] = [text for _, text in domain]
+    labels = {text: raw.task_labels[i] for i, text in task}  # texts are unique after dedupe
+    splits: dict[str, dict[str, Any]] = {
+        "task": split_by_hash("task", [text for _, text in task], cfg.val_fraction, cfg.test_fraction)}
+    require_every_split("task", splits["task"], cfg.val_fraction, cfg.test_fraction)
+    metrics["sources"] = {name: {} for name in ("general", "domain")} | metrics["sources"]  # report order
 
     tokenizer = load_base_tokenizer() if cfg.tokenizer == "base" else None
     with atomic_dir(paths.PROCESSED) as out:
+        work = out / ".work"  # cleaned text and packed blocks before save_to_disk; removed below
+        work.mkdir()
+        for name, docs in lm_docs.items():
+            if carve and name == "domain":  # already cleaned as task reviews
+                splits[name], _ = spill_corpus(name, docs, None, cfg, work)
+                metrics["sources"]["domain"] = {"docs_in": len(docs), "docs_out": len(docs)}
+            else:
+                spec = getattr(data_cfg, name, None)
+                docs_filter = DocumentFilter(cfg.min_chars, cfg.max_chars, cfg.dedupe,
+                                             spec.detokenize if spec else "none")
+                splits[name], metrics["sources"][name] = spill_corpus(name, docs, docs_filter, cfg, work)
+        key = normalized_key if cfg.dedupe == "normalized" else None
+        metrics["leakage"] = check_leakage(splits, key=key, disjoint_task_domain=carve)
+
         if tokenizer is None:
             tokenizer = train_tokenizer(tokenizer_corpus(splits, labels, cfg), cfg.vocab_size)
         label_token_ids = check_label_words(tokenizer, cfg)
@@ -89,14 +106,16 @@ def preprocess(params: dict[str, Any]) -> dict[str, Any]:
             blocks, metrics[path.name] = {}, {}
             for split in SPLITS:
                 blocks[split], metrics[path.name][split] = pack(
-                    splits[name][split], tokenizer, cfg.block_size, name, split, cfg.num_proc)
+                    splits[name][split], tokenizer, cfg.block_size, name, split, work / f"{name}-{split}.blocks.arrow")
             DatasetDict(blocks).save_to_disk(out / path.name)
+            del blocks
 
-        task, metrics["task"] = task_examples(splits["task"], labels, tokenizer, cfg)
-        task.save_to_disk(out / paths.TASK.name)
+        task_sets, metrics["task"] = task_examples(splits["task"], labels, tokenizer, cfg)
+        task_sets.save_to_disk(out / paths.TASK.name)
         write_json(out / paths.TASK_META.name, {"prompt": cfg.prompt, "label_words": cfg.label_words,
                                                 "label_token_ids": label_token_ids,
                                                 "block_size": cfg.block_size})
+        shutil.rmtree(work)
     log.info("wrote %s", paths.PROCESSED)
 
     train, test = splits["task"]["train"], splits["task"]["test"]
@@ -134,33 +153,43 @@ def load_raw(cfg: DataConfig, seed: int) -> RawCorpora:
     return SOURCES[cfg.source](cfg, seed)
 
 
-def clean_corpus(name: str, docs: list[str], min_chars: int, max_chars: int | None = None,
+def clean_corpus(name: str, docs: Iterable[str], min_chars: int, max_chars: int | None = None,
                  dedupe_mode: str = "exact", detokenize: str = "none") -> tuple[list[tuple[int, str]], dict]:
     """Cleaned documents as (index into `docs`, text), duplicates and short / long ones removed, and
-    the count of every step. Normalised duplicates are counted apart from exact ones."""
-    detok = DETOKENIZERS[detokenize]
-    detokenized = [detok(doc) for doc in docs]
-    cleaned = [clean_text(doc) for doc in detokenized]
-    kept, duplicates = dedupe(enumerate(cleaned), key=lambda item: item[1])
-    near = 0
-    if dedupe_mode == "normalized":
-        kept, near = dedupe(kept, key=lambda item: normalized_key(item[1]))
-    kept, too_short = drop_short(kept, min_chars, key=lambda item: item[1])
-    kept, too_long = drop_long(kept, max_chars, key=lambda item: item[1])
-    stats = {"docs_in": len(docs),
-             "detokenized": sum(a != b for a, b in zip(docs, detokenized, strict=True)),
-             "changed_by_cleaning": sum(a != b for a, b in zip(detokenized, cleaned, strict=True)),
-             "duplicates_removed": duplicates, "normalized_duplicates_removed": near,
-             "too_short_removed": too_short, "too_long_removed": too_long, "docs_out": len(kept)}
+    the count of every step (in memory: for the labelled task corpus; LM corpora stream, see above)."""
+    docs_filter = DocumentFilter(min_chars, max_chars, dedupe_mode, detokenize)
+    kept = list(docs_filter(docs))
+    return kept, report_cleaning(name, docs_filter, min_chars, max_chars)
+
+
+def spill_corpus(name: str, docs: Iterable[str], docs_filter: DocumentFilter | None, cfg: PreprocessConfig,
+                 folder: Path) -> tuple[dict[str, TextFile], dict | None]:
+    """Stream a corpus through `docs_filter` (None: already clean) and the hash split into one Arrow
+    file per split in `folder`: ({split: TextFile}, cleaning counts). A document at a time, so the
+    corpus may be larger than memory."""
+    if docs_filter is not None:
+        docs = (text for _, text in docs_filter(docs))
+    files = {split: TextFile(folder / f"{name}-{split}.text.arrow") for split in SPLITS}
+    split_by_hash(name, docs, cfg.val_fraction, cfg.test_fraction, files)
+    stats = report_cleaning(name, docs_filter, cfg.min_chars, cfg.max_chars) if docs_filter else None
+    require_every_split(name, files, cfg.val_fraction, cfg.test_fraction)
+    return files, stats
+
+
+def report_cleaning(name: str, docs_filter: DocumentFilter, min_chars: int, max_chars: int | None) -> dict:
+    """Log what cleaning did to a corpus and return the counts; an empty result is an error."""
+    stats = dict(docs_filter.counts)
     log.info("%s: %d documents in, %d detokenised, %d changed by cleaning, %d exact and %d normalised "
              "duplicates, %d shorter than %d and %d longer than %s characters removed, %d kept", name,
-             len(docs), stats["detokenized"], stats["changed_by_cleaning"], duplicates, near, too_short,
-             min_chars, too_long, max_chars, len(kept))
-    if not kept:
-        raise DataError(f"{name} corpus is empty after cleaning: {len(docs)} documents in, 0 kept "
-                        f"({duplicates} duplicates, {near} normalised duplicates, min_chars={min_chars} "
-                        f"dropped {too_short}, max_chars={max_chars} dropped {too_long})")
-    return kept, stats
+             stats["docs_in"], stats["detokenized"], stats["changed_by_cleaning"], stats["duplicates_removed"],
+             stats["normalized_duplicates_removed"], stats["too_short_removed"], min_chars,
+             stats["too_long_removed"], max_chars, stats["docs_out"])
+    if not stats["docs_out"]:
+        raise DataError(f"{name} corpus is empty after cleaning: {stats['docs_in']} documents in, 0 kept "
+                        f"({stats['duplicates_removed']} duplicates, {stats['normalized_duplicates_removed']} "
+                        f"normalised duplicates, min_chars={min_chars} dropped {stats['too_short_removed']}, "
+                        f"max_chars={max_chars} dropped {stats['too_long_removed']})")
+    return stats
 
 
 def carve_domain(task: list[tuple[int, str]], fraction: float) -> tuple[list, list]:
@@ -188,27 +217,35 @@ def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if u < test_fraction else "validation" if u < test_fraction + val_fraction else "train"
 
 
-def split_by_hash(name: str, docs: list[str], val_fraction: float,
-                  test_fraction: float) -> dict[str, list[str]]:
-    parts: dict[str, list[str]] = {split: [] for split in SPLITS}
+def split_by_hash(name: str, docs: Iterable[str], val_fraction: float, test_fraction: float,
+                  parts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each document to its split (`split_of`). `parts` are where they go: lists by default, or TextFiles
+    (anything with `append` and `len`), which are closed at the end."""
+    parts = parts if parts is not None else {split: [] for split in SPLITS}
     for doc in docs:
         parts[split_of(doc, val_fraction, test_fraction)].append(doc)
+    for part in parts.values():
+        getattr(part, "close", lambda: None)()
     log.info("%s split: %s", name, ", ".join(f"{s} {len(d)}" for s, d in parts.items()))
-    empty = [split for split, d in parts.items() if not d]
-    if empty:
-        raise DataError(f"{name} corpus has no {empty[0]} documents after splitting {len(docs)} "
-                        f"(val_fraction={val_fraction}, test_fraction={test_fraction}); "
-                        f"use more documents or larger fractions")
     return parts
 
 
-def check_leakage(splits: dict[str, dict[str, list[str]]], key: Callable[[str], str] | None = None,
+def require_every_split(name: str, parts: dict[str, Any], val_fraction: float, test_fraction: float) -> None:
+    empty = [split for split, d in parts.items() if not len(d)]
+    if empty:
+        raise DataError(f"{name} corpus has no {empty[0]} documents after splitting "
+                        f"{sum(len(d) for d in parts.values())} (val_fraction={val_fraction}, "
+                        f"test_fraction={test_fraction}); use more documents or larger fractions")
+
+
+def check_leakage(splits: dict[str, dict[str, Iterable[str]]], key: Callable[[str], str] | None = None,
                   disjoint_task_domain: bool = False) -> dict[str, int]:
     """Count overlaps that would leak evaluation text into training, within each corpus and between
     corpora (compared by `key`, e.g. `normalized_key`; exact text by default); all must be 0. With
-    `disjoint_task_domain` (domain carved out of the task reviews) no task review may be domain text."""
+    `disjoint_task_domain` (domain carved out of the task reviews) no task review may be domain text.
+    Texts are compared by digest, so only 16 bytes per document are held."""
     key = key or (lambda text: text)
-    keys = {name: {split: [key(doc) for doc in docs] for split, docs in parts.items()}
+    keys = {name: {split: [digest(key(doc)) for doc in docs] for split, docs in parts.items()}
             for name, parts in splits.items()}
     train = {name: set(parts["train"]) for name, parts in keys.items()}
     pairs = [(name, name) for name in splits]  # (evaluated corpus, training corpus)
@@ -230,7 +267,7 @@ def check_leakage(splits: dict[str, dict[str, list[str]]], key: Callable[[str], 
     return overlaps
 
 
-def tokenizer_corpus(splits: dict[str, dict[str, list[str]]], labels: dict[str, int],
+def tokenizer_corpus(splits: dict[str, dict[str, Iterable[str]]], labels: dict[str, int],
                      cfg: PreprocessConfig) -> Iterable[str]:
     """Training splits only, task examples formatted as the models will see them."""
     yield from splits["general"]["train"]
@@ -294,25 +331,49 @@ def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig)
     return ids
 
 
-def pack(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str,
-         split: str, num_proc: int = 1) -> tuple[Dataset, dict[str, int]]:
-    """Tokenize, end each document with eos, concatenate, cut into blocks of exactly block_size."""
+def pack(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str, split: str,
+         path: Path) -> tuple[Dataset, dict[str, int]]:
+    """Tokenize, end each document with eos, concatenate, cut into blocks of exactly block_size (a last,
+    partial block is dropped). Streams: the tokenizer's batch encode takes ~256 kB of text at a time
+    (its own threads parallelise it), and the blocks go straight from numpy to the Arrow file `path`,
+    which the returned Dataset memory-maps."""
     eos = tokenizer.eos_token_id
-    encoded = Dataset.from_dict({"text": docs}).map(
-        lambda batch: {"input_ids": [ids + [eos] for ids in tokenizer(batch["text"])["input_ids"]]},
-        batched=True, remove_columns=["text"], num_proc=_procs(num_proc, docs), desc=f"tokenizing {name}/{split}")
-    # flattened in Arrow, not through Python lists: a corpus costs 8 bytes a token here, not ~40
-    flat = pc.list_flatten(encoded.data.column("input_ids")).to_numpy().astype(np.int64)
-    n_blocks = len(flat) // block_size
-    if n_blocks == 0:
-        raise DataError(f"{name} corpus, {split} split: {len(flat)} tokens make no block of "
+    n_docs = n_tokens = 0
+    rest = np.empty(0, dtype=np.int64)  # the tokens after the last full block, carried to the next batch
+    progress = tqdm(total=len(docs) if hasattr(docs, "__len__") else None, unit=" docs",
+                    desc=f"packing {name}/{split}")
+    with BlockWriter(path, block_size) as writer, progress:
+        for batch in _text_batches(docs, CHARS_PER_TOKENIZER_CALL):
+            ids = tokenizer(batch, return_attention_mask=False)["input_ids"]
+            count = sum(len(x) for x in ids) + len(ids)
+            flat = np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=np.int64, count=count)
+            tokens = np.concatenate([rest, flat])
+            full = len(tokens) // block_size * block_size
+            writer.write(tokens[:full].reshape(-1, block_size))
+            rest = tokens[full:]
+            n_docs, n_tokens = n_docs + len(batch), n_tokens + count
+            progress.update(len(batch))
+    if writer.blocks == 0:
+        raise DataError(f"{name} corpus, {split} split: {n_tokens} tokens make no block of "
                         f"block_size={block_size}; use more documents (data.{name}_docs) or a smaller "
                         f"preprocess.block_size")
-    blocks = flat[: n_blocks * block_size].reshape(n_blocks, block_size)
-    log.info("%s/%s: %d documents, %d tokens, %d blocks of %d", name, split, len(docs), len(flat),
-             n_blocks, block_size)
-    return Dataset.from_dict({"input_ids": blocks.tolist()}), {"docs": len(docs), "tokens": len(flat),
-                                                               "blocks": n_blocks}
+    log.info("%s/%s: %d documents, %d tokens, %d blocks of %d", name, split, n_docs, n_tokens, writer.blocks,
+             block_size)
+    return Dataset.from_file(str(path)), {"docs": n_docs, "tokens": n_tokens, "blocks": writer.blocks}
+
+
+def _text_batches(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
+    """Consecutive lists of documents holding about `chars` characters each."""
+    batch: list[str] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _procs(num_proc: int, docs: list) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -27,8 +28,9 @@ TEXT_COLUMN = "text"  # what the text builder calls its only column
 
 
 def load_real(cfg: DataConfig, seed: int) -> RawCorpora:  # noqa: ARG001 - same signature as synthetic
-    """The three corpora of data=local or data=hub. With `domain_from_task` the domain corpus is
-    left empty here: preprocess carves it out of the cleaned task reviews."""
+    """The three corpora of data=local or data=hub. Every source is opened (and checked) here; the general
+    and domain corpora are then read lazily, as preprocess streams them. With `domain_from_task` the
+    domain corpus is left empty here: preprocess carves it out of the cleaned task reviews."""
     for name in ("general", "task"):
         if getattr(cfg, name) is None:
             raise ConfigError(f"data.{name} must be set for data.source={cfg.source}")
@@ -37,10 +39,10 @@ def load_real(cfg: DataConfig, seed: int) -> RawCorpora:  # noqa: ARG001 - same 
                           f"(a share of the task reviews), got domain={cfg.domain!r}, "
                           f"domain_from_task={cfg.domain_from_task!r}")
     hub = cfg.source == "hub"
-    general, _ = load_corpus(cfg.general, "data.general", hub, cfg.general_docs, cfg.streaming)
-    domain: list[str] = []
+    general = iter_texts(cfg.general, "data.general", hub, cfg.general_docs, cfg.streaming)
+    domain: Iterable[str] = []
     if cfg.domain is not None:
-        domain, _ = load_corpus(cfg.domain, "data.domain", hub, cfg.domain_docs, cfg.streaming)
+        domain = iter_texts(cfg.domain, "data.domain", hub, cfg.domain_docs, cfg.streaming)
     task, labels = load_corpus(cfg.task, "data.task", hub, cfg.task_examples, cfg.streaming,
                                labelled=True)
     return RawCorpora(general=general, domain=domain, task_texts=task, task_labels=labels)
@@ -48,8 +50,28 @@ def load_real(cfg: DataConfig, seed: int) -> RawCorpora:  # noqa: ARG001 - same 
 
 def load_corpus(spec: CorpusConfig, key: str, hub: bool, limit: int | None = None,
                 streaming: bool = False, labelled: bool = False) -> tuple[list[str], list[int]]:
-    """(texts, labels) of one corpus; labels are indices into `preprocess.label_words` (empty when
-    not `labelled`). `limit` keeps the first documents only (read lazily when `streaming`)."""
+    """(texts, labels) of one corpus, in memory; labels are indices into `preprocess.label_words` (empty
+    when not `labelled`). `limit` keeps the first documents only (read lazily when `streaming`)."""
+    texts: list[str] = []
+    labels: list[int] = []
+    for text, label in corpus_rows(spec, key, hub, limit, streaming, labelled):
+        texts.append(text)
+        if label is not None:
+            labels.append(label)
+    return texts, labels
+
+
+def iter_texts(spec: CorpusConfig, key: str, hub: bool, limit: int | None = None,
+               streaming: bool = False) -> Iterator[str]:
+    """The texts of an unlabelled corpus, read lazily (the sources are opened, and checked, right away)."""
+    return (text for text, _ in corpus_rows(spec, key, hub, limit, streaming, labelled=False))
+
+
+def corpus_rows(spec: CorpusConfig, key: str, hub: bool, limit: int | None, streaming: bool,
+                labelled: bool) -> Iterator[tuple[str, int | None]]:
+    """(text, label or None) of every document. Every source split is opened before this returns, so a
+    missing file, an unreadable one or a missing column fails at once; rows are read as they are
+    consumed (from memory-mapped Arrow, or from the files themselves when `streaming`)."""
     if labelled and not spec.label_files and (spec.label_column is None or not spec.label_values):
         raise ConfigError(f"{key}: a labelled corpus needs label_files (one glob per label) or "
                           f"label_column and label_values")
@@ -57,24 +79,28 @@ def load_corpus(spec: CorpusConfig, key: str, hub: bool, limit: int | None = Non
         groups = [(i, [pattern]) for i, pattern in enumerate(spec.label_files)]  # label = file's index
     else:
         groups = [(None, spec.files)]
+    opened = [(fixed_label, patterns, [_rows(spec, key, hub, patterns, split, streaming)
+                                       for split in (spec.splits if hub else ["train"])])  # local: one split
+              for fixed_label, patterns in groups]
     # a limit is shared equally between label files, so that a cap keeps both classes
     share = None if limit is None else -(-limit // len(groups))
-    texts: list[str] = []
-    labels: list[int] = []
-    for fixed_label, patterns in groups:
-        got = 0
-        for split in spec.splits if hub else ["train"]:  # local files form one split
-            room = None if share is None else share - got
-            if room == 0:
-                break
-            rows = _rows(spec, key, hub, patterns, split, streaming)
-            got_texts, got_labels = _take(rows, spec, key, patterns, fixed_label, labelled, room)
-            texts += got_texts
-            labels += got_labels
-            got += len(got_texts)
-    log.info("%s: %d documents from %s", key, len(texts), spec.path if hub else ", ".join(
-        spec.label_files or spec.files))
-    return texts, labels
+
+    def rows() -> Iterator[tuple[str, int | None]]:
+        total = 0
+        for fixed_label, patterns, datasets_of_splits in opened:
+            got = 0
+            for dataset in datasets_of_splits:
+                room = None if share is None else share - got
+                if room == 0:
+                    break
+                for row in _take(dataset, spec, key, patterns, fixed_label, labelled, room):
+                    got += 1
+                    yield row
+            total += got
+        log.info("%s: %d documents from %s", key, total, spec.path if hub else ", ".join(
+            spec.label_files or spec.files))
+
+    return rows()
 
 
 def resolve_globs(patterns: list[str], key: str) -> list[str]:
@@ -140,9 +166,7 @@ def _first_unreadable(path: str, files: list[str], kwargs: dict) -> str:
 
 
 def _take(rows, spec: CorpusConfig, key: str, patterns: list[str], fixed_label: int | None,
-          labelled: bool, limit: int | None) -> tuple[list[str], list[int]]:
-    texts: list[str] = []
-    labels: list[int] = []
+          labelled: bool, limit: int | None) -> Iterator[tuple[str, int | None]]:
     allowed = {value: i for i, value in enumerate(spec.label_values)}
     for row in islice(rows, limit):
         if spec.text_column not in row or (labelled and fixed_label is None
@@ -153,16 +177,14 @@ def _take(rows, spec: CorpusConfig, key: str, patterns: list[str], fixed_label: 
         text = row[spec.text_column]
         if not isinstance(text, str):  # a missing value in a csv cell: nothing to learn from
             text = "" if text is None else str(text)
-        texts.append(text)
         if not labelled:
-            continue
-        if fixed_label is not None:
-            labels.append(fixed_label)
-            continue
-        value = row[spec.label_column]
-        if str(value) not in allowed:
-            raise DataError(f"{key}: label value {value!r} in column {spec.label_column!r} of "
-                            f"{', '.join(patterns) or spec.path} is not one of the label_values "
-                            f"{spec.label_values}")
-        labels.append(allowed[str(value)])
-    return texts, labels
+            yield text, None
+        elif fixed_label is not None:
+            yield text, fixed_label
+        else:
+            value = row[spec.label_column]
+            if str(value) not in allowed:
+                raise DataError(f"{key}: label value {value!r} in column {spec.label_column!r} of "
+                                f"{', '.join(patterns) or spec.path} is not one of the label_values "
+                                f"{spec.label_values}")
+            yield text, allowed[str(value)]
