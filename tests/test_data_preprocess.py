@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -52,6 +53,20 @@ def tiny_processed(tmp_path_factory):
         params = tiny_params(directory)
         metrics = preprocess(params)
         yield params, metrics
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_rerun_writes_the_same_bytes(tiny_processed, tmp_path, monkeypatch):
+    """DVC compares outputs by hash: a rerun with the same inputs must not change data/processed (else every
+    later stage reruns), whatever temporary paths it went through."""
+    first = file_digests(Path.cwd() / paths.PROCESSED)
+    monkeypatch.chdir(tmp_path)
+    preprocess(tiny_params(tmp_path))
+    assert file_digests(tmp_path / paths.PROCESSED) == first
 
 
 def test_outputs_load(tiny_processed):

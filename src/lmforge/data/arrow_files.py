@@ -8,6 +8,7 @@ same files (the Arrow IPC stream format is what `datasets` itself writes).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,13 +63,17 @@ class TextFile:
 
 
 class BlockWriter:
-    """Rows of `block_size` token ids (int32) written batch by batch to an Arrow stream file."""
+    """Rows of `block_size` token ids (int32) written batch by batch to an Arrow stream file, and a
+    fingerprint of their content (a `datasets` fingerprint would hash the file's temporary path, so
+    data/processed would differ byte for byte between two identical runs and DVC would rerun
+    everything downstream)."""
 
     def __init__(self, path: Path, block_size: int) -> None:
         self.path, self.block_size = Path(path), block_size
         self.schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self._digest = hashlib.blake2b(str(block_size).encode(), digest_size=16)
         self.blocks = 0
 
     def write(self, blocks: np.ndarray) -> None:
@@ -77,9 +82,15 @@ class BlockWriter:
         if n == 0:
             return
         offsets = pa.array(np.arange(0, (n + 1) * self.block_size, self.block_size, dtype=np.int32))
-        values = pa.array(np.ascontiguousarray(blocks, dtype=np.int32).ravel())
+        values = np.ascontiguousarray(blocks, dtype=np.int32).ravel()
+        self._digest.update(values.tobytes())
+        values = pa.array(values)
         self._writer.write_batch(pa.record_batch([pa.ListArray.from_arrays(offsets, values)], self.schema))
         self.blocks += n
+
+    @property
+    def fingerprint(self) -> str:
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         self._writer.close()

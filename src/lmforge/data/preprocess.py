@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from datasets.table import MemoryMappedTable
 from datasets.utils.tqdm import tqdm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -359,7 +360,8 @@ def pack(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_size: in
                         f"preprocess.block_size")
     log.info("%s/%s: %d documents, %d tokens, %d blocks of %d", name, split, n_docs, n_tokens, writer.blocks,
              block_size)
-    return Dataset.from_file(str(path)), {"docs": n_docs, "tokens": n_tokens, "blocks": writer.blocks}
+    blocks = Dataset(MemoryMappedTable.from_file(str(path)), fingerprint=writer.fingerprint)
+    return blocks, {"docs": n_docs, "tokens": n_tokens, "blocks": writer.blocks}
 
 
 def _text_batches(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
