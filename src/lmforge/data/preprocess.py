@@ -172,6 +172,8 @@ def spill_corpus(name: str, docs: Iterable[str], docs_filter: DocumentFilter | N
         docs = (text for _, text in docs_filter(docs))
     files = {split: TextFile(folder / f"{name}-{split}.text.arrow") for split in SPLITS}
     split_by_hash(name, docs, cfg.val_fraction, cfg.test_fraction, files)
+    for file in files.values():
+        file.close()
     stats = report_cleaning(name, docs_filter, cfg.min_chars, cfg.max_chars) if docs_filter else None
     require_every_split(name, files, cfg.val_fraction, cfg.test_fraction)
     return files, stats
@@ -220,13 +222,11 @@ def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
 
 def split_by_hash(name: str, docs: Iterable[str], val_fraction: float, test_fraction: float,
                   parts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Each document to its split (`split_of`). `parts` are where they go: lists by default, or TextFiles
-    (anything with `append` and `len`), which are closed at the end."""
+    """Each document to its split (`split_of`). `parts` are where they go: lists by default, or anything
+    with `append` and `len` (the TextFiles of `spill_corpus`)."""
     parts = parts if parts is not None else {split: [] for split in SPLITS}
     for doc in docs:
         parts[split_of(doc, val_fraction, test_fraction)].append(doc)
-    for part in parts.values():
-        getattr(part, "close", lambda: None)()
     log.info("%s split: %s", name, ", ".join(f"{s} {len(d)}" for s, d in parts.items()))
     return parts
 
