@@ -11,6 +11,8 @@ Schemas carry no defaults on purpose: conf/ is the single source of truth for va
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -105,9 +107,10 @@ class ModelConfig:
 
 @dataclass
 class StudentConfig:
-    n_layer: int = spec(ge=1, le=96)
-    n_head: int | None = spec(ge=1, le=128)  # null: the teacher's (other than GPT-2: must be the teacher's)
-    n_embd: int | None = spec(ge=8, le=16384)  # null: the teacher's (other than GPT-2: must be the teacher's)
+    # no upper bounds here: the teacher (model.*) bounds them, checked in `check_across_sections`
+    n_layer: int = spec(ge=1)
+    n_head: int | None = spec(ge=1)  # null: the teacher's (other than GPT-2: must be the teacher's)
+    n_embd: int | None = spec(ge=8)  # null: the teacher's (other than GPT-2: must be the teacher's)
     init_from_teacher: bool = spec()  # copy embeddings and alternate blocks where shapes match
 
 
@@ -207,6 +210,9 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
 }
 
+# Top-level scalars of params.yaml besides the sections (each checked in `validate_params`).
+TOP_LEVEL_KEYS = ("seed", "launcher")
+
 MODEL_NAMES = ("general", "teacher", "student", "pruned", "quantized")
 
 
@@ -229,14 +235,45 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def stage_params(*sections: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Validated sections of params.yaml: dataclass instances, plus the top-level `seed` (int)."""
-    raw = load_params(path)
-    out: dict[str, Any] = {"seed": _check_value(raw.get("seed"), int, "seed", {}, path)}
-    for name in sections:
+    """Validated sections of params.yaml: dataclass instances, plus the top-level `seed` (int).
+
+    The whole file is validated, not only `sections`: a stage refuses to run on parameters that the
+    validate stage (the first of dvc.yaml) would refuse, whichever way it was started.
+    """
+    params = validate_params(load_params(path), path)
+    return {"seed": params["seed"], **{name: params[name] for name in sections}}
+
+
+def validate_params(raw: Mapping[str, Any], source: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Every section of `raw` (iterating SECTIONS), the top-level keys, then the checks across sections.
+
+    Returns {"seed", "launcher", <section>: dataclass instance, ...}; the first problem raises a
+    ConfigError whose message names the key, the value and what is allowed.
+    """
+    allowed = [*TOP_LEVEL_KEYS, *SECTIONS]
+    unknown = [key for key in raw if key not in allowed]
+    if unknown:
+        raise ConfigError(unknown_key_message(source, str(unknown[0]), "", allowed))
+    for name in allowed:
         if name not in raw:
-            raise ConfigError(f"{path}: missing section '{name}'")
-        out[name] = parse_section(raw[name], SECTIONS[name], name, path)
-    return out
+            raise ConfigError(f"{source}: missing " + (f"section '{name}'" if name in SECTIONS else f"key '{name}'"))
+    params: dict[str, Any] = {
+        "seed": _check_value(raw["seed"], int, "seed", {}, source),
+        "launcher": check_launcher(raw["launcher"], source),
+    }
+    for name, schema in SECTIONS.items():
+        params[name] = parse_section(raw[name], schema, name, source)
+    check_across_sections(params, source)
+    return params
+
+
+def unknown_key_message(source: str | Path, key: str, section: str, allowed: list[str]) -> str:
+    """One line: the unknown key, the nearest valid keys (difflib) and every allowed one."""
+    prefix = f"{section}." if section else ""
+    nearest = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+    hint = f" (nearest valid: {', '.join(prefix + k for k in nearest)})" if nearest else ""
+    where = f"in '{section}'" if section else "at the top level"
+    return f"{source}: unknown key '{prefix}{key}'{hint}. Allowed keys {where}: {', '.join(allowed)}"
 
 
 def parse_section(raw: Any, schema: type[T], key: str, source: str | Path = PARAMS_FILE) -> T:
@@ -246,9 +283,7 @@ def parse_section(raw: Any, schema: type[T], key: str, source: str | Path = PARA
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{key}.{unknown[0]}'. Allowed keys in '{key}': {', '.join(fields)}"
-        )
+        raise ConfigError(unknown_key_message(source, str(unknown[0]), key, list(fields)))
     missing = [name for name in fields if name not in raw]
     if missing:
         raise ConfigError(f"{source}: missing key '{key}.{missing[0]}'")
@@ -302,3 +337,90 @@ def _check_value(value: Any, hint: Any, key: str, meta: Mapping, source: str | P
     if not all(ok(value, limit) for _, limit, ok in present):
         raise fail("a value " + " and ".join(f"{symbol} {limit}" for symbol, limit, _ in present))
     return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The launcher, and the checks that involve more than one section
+# --------------------------------------------------------------------------------------------------
+
+# dvc.yaml runs `${launcher} stages/<stage>.py` through a shell: only the documented forms, with options
+# made of plain characters (no ;, |, &, $, quotes, redirections), may reach it.
+_OPTION = r"--?[A-Za-z][\w-]*(?:=[\w./:,+@-]+)?|[\w./:,+@-]+"
+_LAUNCHER = re.compile(rf"python|(?:torchrun|accelerate launch)(?: (?:{_OPTION}))*")
+
+
+def check_launcher(value: Any, source: str | Path = PARAMS_FILE) -> str:
+    if not isinstance(value, str) or not _LAUNCHER.fullmatch(value):
+        raise ConfigError(f"{source}: invalid value for 'launcher': {value!r} (expected python, "
+                          "torchrun [--option[=value] ...] or accelerate launch [--option[=value] ...], "
+                          "single-spaced, options of letters, digits and . / : , + @ - _ only)")
+    return value
+
+
+def check_model_source(model: ModelConfig, source: str | Path = PARAMS_FILE) -> None:
+    """Where the teacher comes from: a combination of model.init, name_or_path and gguf_file."""
+    if model.init == "scratch":
+        if model.arch != "gpt2":
+            raise ConfigError(f"{source}: model.arch={model.arch!r} is only supported with model.init=pretrained "
+                              "(from scratch lmforge builds a GPT-2)")
+        for key in ("name_or_path", "gguf_file"):
+            if getattr(model, key) is not None:
+                raise ConfigError(f"{source}: model.{key}={getattr(model, key)!r} is set but model.init=scratch "
+                                  f"(set model.init=pretrained, or model.{key}=null)")
+    elif (model.name_or_path is None) == (model.gguf_file is None):
+        raise ConfigError(f"{source}: model.init=pretrained needs exactly one of model.name_or_path "
+                          f"(hub name or local folder) and model.gguf_file; got name_or_path={model.name_or_path!r}, "
+                          f"gguf_file={model.gguf_file!r}")
+
+
+def student_shape(teacher: ModelConfig, student: StudentConfig,
+                  source: str | Path = PARAMS_FILE) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of the student; a student larger than its teacher is a config error."""
+    n_head = student.n_head or teacher.n_head
+    n_embd = student.n_embd or teacher.n_embd
+    for key, value, limit, teacher_key, teacher_has in [
+        ("student.n_layer", student.n_layer, teacher.n_layer, "model.n_layer", f"has {teacher.n_layer} layers"),
+        ("student.n_embd", n_embd, teacher.n_embd, "model.n_embd", f"is {teacher.n_embd} wide"),
+    ]:
+        if value > limit:
+            raise ConfigError(
+                f"{source}: invalid value for '{key}': {value} (the student must not be larger than its "
+                f"teacher, which {teacher_has}: expected <= {teacher_key}={limit})"
+            )
+    if (student.n_layer, n_embd) == (teacher.n_layer, teacher.n_embd):
+        raise ConfigError(
+            f"{source}: the student (student.n_layer, student.n_embd) has the teacher's shape "
+            f"({teacher.n_layer} layers, {teacher.n_embd} wide): nothing would be distilled into a smaller model"
+        )
+    if n_embd % n_head:
+        raise ConfigError(f"{source}: student n_embd={n_embd} must be divisible by n_head={n_head}")
+    if teacher.arch != "gpt2" and (n_head, n_embd) != (teacher.n_head, teacher.n_embd):
+        raise ConfigError(f"{source}: a {teacher.arch!r} student keeps the teacher's width: set "
+                          f"student.n_head and student.n_embd to null (got {student.n_head}, {student.n_embd})")
+    return student.n_layer, n_head, n_embd
+
+
+def check_across_sections(params: Mapping[str, Any], source: str | Path = PARAMS_FILE) -> None:
+    """Every check that involves more than one key or section, in one place (run by `validate_params`).
+
+    Sections added later are validated by their schema through SECTIONS; a rule that relates them to
+    others belongs here.
+    """
+    model: ModelConfig = params["model"]
+    preprocess: PreprocessConfig = params["preprocess"]
+    evaluate: EvaluateConfig = params["evaluate"]
+    if model.n_embd % model.n_head:
+        raise ConfigError(f"{source}: invalid value for 'model.n_head': {model.n_head} (expected a divisor of "
+                          f"model.n_embd={model.n_embd})")
+    check_model_source(model, source)
+    student_shape(model, params["student"], source)
+    if preprocess.block_size > model.n_positions:
+        raise ConfigError(f"{source}: invalid value for 'preprocess.block_size': {preprocess.block_size} "
+                          f"(expected <= model.n_positions={model.n_positions}: the model reads whole blocks)")
+    if evaluate.latency_seq_len > model.n_positions:
+        raise ConfigError(f"{source}: invalid value for 'evaluate.latency_seq_len': {evaluate.latency_seq_len} "
+                          f"(expected <= model.n_positions={model.n_positions})")
+    unknown_models = [m for m in evaluate.models if m not in MODEL_NAMES]
+    if unknown_models:
+        raise ConfigError(f"{source}: invalid value for 'evaluate.models': {unknown_models[0]!r} "
+                          f"(expected names from {', '.join(MODEL_NAMES)})")

@@ -21,6 +21,7 @@ TASK = PROCESSED / "task"
 TASK_META = PROCESSED / "task_meta.json"
 
 MODELS = Path("models")
+PARAMS_VALID = MODELS / ".params-valid"  # the validate stage's output, a dependency of every other stage
 CHECKPOINTS = Path("checkpoints")  # DVC `persist: true`: survives a rerun so a killed run resumes
 DVCLIVE = Path("dvclive")
 METRICS = Path("metrics")

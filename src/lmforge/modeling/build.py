@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel, set_seed
 
-from lmforge.config import ModelConfig, StudentConfig
+from lmforge.config import ModelConfig, StudentConfig, student_shape
 from lmforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,29 +36,6 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int, *, seed: i
     )
     set_seed(seed)
     return GPT2LMHeadModel(config)
-
-
-def student_shape(teacher: ModelConfig, student: StudentConfig) -> tuple[int, int, int]:
-    """(n_layer, n_head, n_embd) of the student; a student larger than its teacher is a config error."""
-    n_head = student.n_head or teacher.n_head
-    n_embd = student.n_embd or teacher.n_embd
-    for key, value, limit, teacher_key in [
-        ("student.n_layer", student.n_layer, teacher.n_layer, "model.n_layer"),
-        ("student.n_embd", n_embd, teacher.n_embd, "model.n_embd"),
-    ]:
-        if value > limit:
-            raise ConfigError(
-                f"params.yaml: invalid value for '{key}': {value} (the student must not be larger than its "
-                f"teacher: expected <= {teacher_key}={limit})"
-            )
-    if (student.n_layer, n_embd) == (teacher.n_layer, teacher.n_embd):
-        raise ConfigError(
-            "params.yaml: the student (student.n_layer, student.n_embd) has the teacher's shape "
-            f"({teacher.n_layer} layers, {teacher.n_embd} wide): nothing would be distilled into a smaller model"
-        )
-    if n_embd % n_head:
-        raise ConfigError(f"params.yaml: student n_embd={n_embd} must be divisible by n_head={n_head}")
-    return student.n_layer, n_head, n_embd
 
 
 def teacher_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -108,10 +85,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
     With init_from_teacher, every tensor outside the layer stack (token embeddings, final norm, LM
     head if untied) is copied and student layer s is teacher layer teacher_layer_map[s].
     """
-    n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)
-    if (n_head, n_embd) != (teacher_cfg.n_head, teacher_cfg.n_embd):
-        raise ConfigError(f"params.yaml: a {teacher.config.model_type!r} student keeps the teacher's width: set "
-                          f"student.n_head and student.n_embd to null (got {cfg.n_head}, {cfg.n_embd})")
+    n_layer, _, _ = student_shape(teacher_cfg, cfg)  # also: the student keeps the teacher's width
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = n_layer
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families

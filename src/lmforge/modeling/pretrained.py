@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufCo
 
 from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
-from lmforge.config import ModelConfig
+from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,9 @@ def resolve_gguf(spec: str) -> Path:
 
 def check_source(cfg: ModelConfig) -> Path | None:
     """Validate where a pretrained model comes from, before any loading; returns the GGUF path if any."""
+    check_model_source(cfg)
     if cfg.init == "scratch":
-        for key in ("name_or_path", "gguf_file"):
-            if getattr(cfg, key) is not None:
-                raise ConfigError(f"params.yaml: model.{key}={getattr(cfg, key)!r} is set but model.init=scratch "
-                                  f"(set model.init=pretrained, or model.{key}=null)")
         return None
-    if (cfg.name_or_path is None) == (cfg.gguf_file is None):
-        raise ConfigError("params.yaml: model.init=pretrained needs exactly one of model.name_or_path "
-                          f"(hub name or local folder) and model.gguf_file; got name_or_path={cfg.name_or_path!r}, "
-                          f"gguf_file={cfg.gguf_file!r}")
     return resolve_gguf(cfg.gguf_file) if cfg.gguf_file is not None else None
 
 
