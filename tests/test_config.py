@@ -1,5 +1,6 @@
 """conf/ is the single source of truth: params.yaml is its composition, and every section validates."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,8 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(tmp_path, section
 
 def test_unknown_key_lists_the_allowed_ones(tmp_path):
     path = edited(tmp_path, "prune", "amout", 0.5)
-    with pytest.raises(ConfigError, match=r"unknown key 'prune.amout'. Allowed keys in 'prune': method, amount"):
+    with pytest.raises(ConfigError, match=r"unknown key 'prune.amout' \(nearest valid: prune.amount\). "
+                                          r"Allowed keys in 'prune': method, amount"):
         stage_params("prune", path=path)
 
 
@@ -83,13 +85,16 @@ def test_missing_params_file_says_how_to_make_it(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("n_layer", 8, "'student.n_layer': 8 (the student must not be larger than its teacher: "
+    ("n_layer", 8, "'student.n_layer': 8 (the student must not be larger than its teacher, which has 4 layers: "
                    "expected <= model.n_layer=4)"),
+    ("n_layer", 99, "'student.n_layer': 99 (the student must not be larger than its teacher, which has 4 layers"),
     ("n_embd", 256, "'student.n_embd': 256"),
 ])
 def test_a_student_larger_than_its_teacher_is_refused(tmp_path, key, value, message):
     path = edited(tmp_path, "student", key, value)
-    params = stage_params("model", "student", path=path)
-    with pytest.raises(ConfigError) as err:
-        student_shape(params["model"], params["student"])
+    with pytest.raises(ConfigError) as err:  # when any stage reads params.yaml, whichever sections it needs
+        stage_params("prune", path=path)
     assert message in str(err.value)
+    params = stage_params("model", "student", path=edited(tmp_path, "student", "n_layer", 2))
+    with pytest.raises(ConfigError, match="must not be larger than its teacher"):
+        student_shape(params["model"], dataclasses.replace(params["student"], **{key: value}))

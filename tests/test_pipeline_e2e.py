@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dvc_repo import make_repo, run, stages_run
 
-STAGES = ["base", "preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
+STAGES = ["validate", "base", "preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_on
     run(["git", "add", "-A"], path, env)
     run(["git", "commit", "-qm", "first run"], path, env)
     output = run(["dvc", "exp", "run", "-S", "profile=tiny", "-S", "quantize.per_channel=false"], path, env)
-    assert stages_run(output) == ["quantize", "evaluate"]
+    assert stages_run(output) == ["validate", "quantize", "evaluate"]
     assert "per_channel: false" in (path / "params.yaml").read_text()
     quantize = json.loads((path / "metrics/quantize.json").read_text())
     assert quantize["coverage"] >= 0.95
