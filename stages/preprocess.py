@@ -4,7 +4,6 @@
 """
 
 from lmforge import paths, stage
-from lmforge.artifacts import write_json
 from lmforge.config import stage_params
 from lmforge.data.preprocess import preprocess
 
@@ -12,7 +11,7 @@ from lmforge.data.preprocess import preprocess
 def main() -> None:
     params = stage_params("data", "preprocess")
     metrics = preprocess(params)
-    write_json(paths.METRICS / "preprocess.json", metrics)
+    stage.write_metrics(paths.METRICS / "preprocess.json", metrics)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ int8 coverage is below quantize.min_coverage. Load the result with
 """
 
 from lmforge import paths, stage
-from lmforge.artifacts import write_json
 from lmforge.compression.quantize import quantize
 from lmforge.config import stage_params
 
@@ -16,7 +15,7 @@ from lmforge.config import stage_params
 def main() -> None:
     params = stage_params("quantize")
     metrics = quantize(params)
-    write_json(paths.METRICS / "quantize.json", metrics)
+    stage.write_metrics(paths.METRICS / "quantize.json", metrics)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from lmforge.artifacts import atomic_dir, dir_bytes, read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
 from lmforge.config import QuantizeConfig
 from lmforge.errors import DataError, LmforgeError
+from lmforge.modeling.checks import check_finite, load_model
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,9 @@ def save_quantized(model: nn.Module, out_dir: str | Path, *, manifest: dict[str,
             tensors[f"{name}.bias"] = bias.detach()
         modules.append({"name": name, "scheme": scheme, "bias": bias is not None})
     save_file({key: value.contiguous() for key, value in tensors.items()}, out_dir / WEIGHTS_FILE,
-              metadata={"format": "lmforge-dynamic-int8", "format_version": str(FORMAT_VERSION)})
+              # one key: safetensors keeps metadata in a Rust HashMap, so with two keys their order (and the
+              # file's bytes) changed from run to run; the version is also in quantization.json
+              metadata={"format": f"lmforge-dynamic-int8-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "modules": modules})
     model.config.save_pretrained(out_dir)
@@ -231,7 +235,9 @@ def load_quantized(path: str | Path) -> nn.Module:
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError) as exc:
-        raise DataError(f"{weights_path}: cannot be read as safetensors: {exc}") from exc
+        raise DataError(f"{weights_path}: cannot be read as safetensors: {exc}; it is produced by "
+                        "`dvc repro quantize`") from exc
+    check_finite(tensors, f"{weights_path} (written by `dvc repro quantize`)")
     floats = _float_state(model)
     expected = set(floats)
     for name, spec in specs.items():
@@ -288,7 +294,7 @@ def quantize(params: dict[str, Any]) -> dict[str, Any]:
     source, target = paths.model_dir("pruned"), paths.model_dir("quantized")
     if not (source / "config.json").is_file():
         raise DataError(f"{source}: no model found (its config.json is missing); run `dvc repro prune` first")
-    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    model = load_model(source, "prune").eval()  # safetensors only, finite weights
     tokenizer = AutoTokenizer.from_pretrained(source)
 
     quantized, coverage = quantize_dynamic_int8(model, per_channel=cfg.per_channel,
@@ -309,13 +315,16 @@ def quantize(params: dict[str, Any]) -> dict[str, Any]:
         "base_model": {"path": source.as_posix(), "config": "config.json",
                        "model_type": model.config.model_type},
     }
-    with atomic_dir(target) as out:
+    with atomic_dir(target) as out:  # swapped in only once it has loaded back and been measured
         save_quantized(quantized, out, manifest=manifest)
         tokenizer.save_pretrained(out)
-
-    # measured on the model as saved, so the numbers also prove the artifact loads
-    reloaded = load_quantized(target)
-    weights_bytes, input_bytes = dir_bytes(target), dir_bytes(source)
+        # measured on the model as saved, so the numbers also prove the artifact loads
+        reloaded = load_quantized(out)
+        weights_bytes, input_bytes = dir_bytes(out), dir_bytes(source)
+        agreement = _logit_agreement(model, reloaded, params["seed"])
+        if not all(math.isfinite(v) for v in agreement.values()):
+            raise QuantizationError(f"the int8 model's logits are not finite ({agreement}); "
+                                    f"nothing written to {target}")
     return {
         "method": cfg.method,
         "per_channel": cfg.per_channel,
@@ -326,5 +335,5 @@ def quantize(params: dict[str, Any]) -> dict[str, Any]:
         "weights_bytes": weights_bytes,
         "input_weights_bytes": input_bytes,
         "bytes_ratio": weights_bytes / input_bytes,
-        **_logit_agreement(model, reloaded, params["seed"]),
+        **agreement,
     }

@@ -130,6 +130,9 @@ def _rows(spec: CorpusConfig, key: str, hub: bool, patterns: list[str], split: s
         path, kwargs = LOCAL_BUILDERS[spec.path][0], dict(LOCAL_BUILDERS[spec.path][1])
         files = resolve_globs(patterns, key)
         where = _names(files)
+        if path != "parquet":
+            for file in files:
+                check_text_file(file, spec.encoding, key)
     if path == "text":
         kwargs |= {"sample_by": spec.sample_by, "encoding": spec.encoding}
     elif path == "csv":
@@ -148,6 +151,33 @@ def _rows(spec: CorpusConfig, key: str, hub: bool, patterns: list[str], split: s
             raise DataError(f"{key}: {where} has no column {column!r} (columns found: "
                             f"{', '.join(columns)}); set {key}.text_column / label_column")
     return ds
+
+
+def check_text_file(file: str, encoding: str, key: str) -> None:
+    """An empty or binary file, named before `datasets` reports it as "An error occurred"."""
+    import codecs
+
+    if Path(file).stat().st_size == 0:
+        raise DataError(f"{key}: {file} is empty")
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    except LookupError:
+        raise ConfigError(f"{key}.encoding: unknown encoding {encoding!r}") from None
+    offset = 0
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            if b"\x00" in chunk:
+                raise DataError(f"{key}: {file} is not a text file (a NUL byte at offset {offset + chunk.index(0)})")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{key}: {file} is not valid {encoding} text (byte offset {offset + exc.start}); "
+                                f"set {key}.encoding if it is text in another encoding") from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{key}: {file} is not valid {encoding} text (it ends inside a character)") from None
 
 
 def _names(files: list[str], most: int = 5) -> str:

@@ -83,6 +83,9 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+PRODUCERS = {"general": "pretrain", "teacher": "finetune", "student": "distill", "pruned": "prune"}
+
+
 def load_model(name: str) -> nn.Module:
     """A model folder of the chain, in fp32 and eval mode; the int8 model through its own loader."""
     path = paths.model_dir(name)
@@ -91,7 +94,9 @@ def load_model(name: str) -> nn.Module:
 
         model = load_quantized(path)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        from lmforge.modeling.checks import load_model as load_checked
+
+        model = load_checked(path, PRODUCERS[name])  # safetensors only, finite weights
     return model.eval()
 
 

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from lmforge import paths
 from lmforge.artifacts import write_json, write_text
+from lmforge.stage import finite_metrics, write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
 PARETO_JSON = paths.PLOTS / "pareto.json"
@@ -24,8 +25,8 @@ SPREAD_WARNING = 1.5  # p90 / p50 above this: the timings were disturbed
 
 def write_report(results: dict[str, Any]) -> None:
     """Write metrics/evaluate.json, plots/pareto.json, reports/summary.md and reports/pareto.png."""
-    write_json(EVALUATE_JSON, results)
-    write_json(PARETO_JSON, pareto_records(results))
+    write_metrics(EVALUATE_JSON, results)
+    write_json(PARETO_JSON, finite_metrics(pareto_records(results))[0])
     write_text(SUMMARY_MD, summary_markdown(results))
     plot_pareto(results, PARETO_PNG)
 

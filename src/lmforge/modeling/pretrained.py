@@ -31,6 +31,7 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
 from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError
+from lmforge.modeling.checks import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, Any]:
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=False)
+    check_finite(model, f"{source} (model.name_or_path / model.gguf_file)")
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **kwargs)
     if tokenizer.pad_token is None:  # GPT-2 has none; padding is always masked, eos serves
         tokenizer.pad_token = tokenizer.eos_token

@@ -12,10 +12,11 @@ import logging
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lmforge import paths
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
+from lmforge.modeling.checks import load_model
 from lmforge.training import data
 from lmforge.training.losses import kd_loss, lm_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit
@@ -60,9 +61,9 @@ class DistillationTrainer(LMTrainer):
 def distill(params: dict[str, Any]) -> dict[str, Any]:
     cfg = params["distill"]
     student_shape(params["model"], params["student"])  # a student larger than its teacher fails here, first
-    source = data.require(paths.model_dir("teacher"), "finetune")
+    source = paths.model_dir("teacher")
+    teacher = load_model(source, "finetune")
     tokenizer = data.load_tokenizer()
-    teacher = AutoModelForCausalLM.from_pretrained(source)
     student = build_student(teacher, params["model"], params["student"], seed=params["seed"])
     ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
     log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM
-
 from lmforge import paths
 from lmforge.errors import DataError
 from lmforge.modeling.build import build_model
+from lmforge.modeling.checks import load_model
 from lmforge.modeling.pretrained import base_checkpoint
 from lmforge.training import data
 from lmforge.training.runner import fingerprint, fit
@@ -31,7 +29,7 @@ def pretrain(params: dict[str, Any]) -> dict[str, Any]:
         model = build_model(params["model"], vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                             seed=params["seed"])
     else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = load_model(base, "base")
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise DataError(f"{paths.TOKENIZER} has {len(tokenizer)} tokens, more than the "
                             f"{model.get_input_embeddings().num_embeddings} embeddings of {base}: data/processed "
@@ -45,12 +43,12 @@ def pretrain(params: dict[str, Any]) -> dict[str, Any]:
 def finetune(params: dict[str, Any]) -> dict[str, Any]:
     """Step two: the general model continues on domain text + task examples + general replay."""
     cfg = params["finetune"]
-    source = data.require(paths.model_dir("general"), "pretrain")
+    source = paths.model_dir("general")
+    model = load_model(source, "pretrain")  # first: a missing, truncated or NaN input stops here
     tokenizer = data.load_tokenizer()
     examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
     train_set = data.mixture_train_set(cfg.mixture, examples, params["seed"])
     eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
-    model = AutoModelForCausalLM.from_pretrained(source)
     run_id = fingerprint({"seed": params["seed"], "finetune": cfg}, [source, paths.PROCESSED])
     return fit("finetune", model, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
                paths.model_dir("teacher"))

@@ -10,12 +10,11 @@ import logging
 import os
 from typing import Any
 
-from transformers import AutoModelForCausalLM
-
 from lmforge import paths
 from lmforge.artifacts import atomic_dir
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
 from lmforge.config import RecoveryConfig, TrainConfig
+from lmforge.modeling.checks import load_model
 from lmforge.training import data
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.runner import fingerprint, fit
@@ -36,10 +35,10 @@ def recovery_train_config(cfg: RecoveryConfig) -> TrainConfig:
 
 def prune(params: dict[str, Any]) -> dict[str, Any]:
     cfg = params["prune"]
-    source = data.require(paths.model_dir("student"), "distill")
-    teacher_dir = data.require(paths.model_dir("teacher"), "finetune")
+    source, teacher_dir = paths.model_dir("student"), paths.model_dir("teacher")
+    model = load_model(source, "distill")
+    teacher = load_model(teacher_dir, "finetune") if cfg.recovery.max_steps > 0 else None
     tokenizer = data.load_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(source)
     before = sparsity_report(model)
     l1_unstructured(model, cfg.amount)
     log.info("pruned %.1f%% of the block weights (L1, unstructured)",
@@ -56,7 +55,7 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
         metrics["recovery"] = fit(
             "prune", model, tokenizer, train_set, eval_sets, train_cfg, params["seed"], run_id,
             paths.model_dir("pruned"), trainer_cls=DistillationTrainer, finalize=make_permanent,
-            teacher=AutoModelForCausalLM.from_pretrained(teacher_dir), temperature=recovery.temperature,
+            teacher=teacher, temperature=recovery.temperature,
             alpha_kd=recovery.alpha_kd, alpha_ce=recovery.alpha_ce,
         )
     else:

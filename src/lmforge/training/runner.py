@@ -13,12 +13,14 @@ optimisation under any launcher.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,18 +29,36 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from dvclive import Live
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import paths
-from lmforge.artifacts import replace_dir
+from lmforge.artifacts import replace_dir, write_json
 from lmforge.config import TrainConfig
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.modeling.checks import check_finite
 from lmforge.training.data import PadCollator
 from lmforge.training.losses import lm_loss
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "lmforge_run.json"  # in each checkpoint: training seconds of the whole run up to that step
+
+
+class TrainingDiverged(LmforgeError):
+    """A non-finite loss or weight: training stops rather than save a NaN model."""
+
+
+class StageBusy(LmforgeError):
+    """Another live process of the same stage holds its checkpoint folder."""
 
 
 class LMTrainer(Trainer):
@@ -54,14 +74,89 @@ class LMTrainer(Trainer):
         loss = lm_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Checked on every micro-batch: the Trainer's logging_nan_inf_filter would otherwise hide a NaN loss
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise TrainingDiverged(f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}")
+        return loss
+
 
 class TrainingStepDVCLiveCallback(DVCLiveCallback):
-    """DVCLive's callback counts one step per log call; plot the curves against the optimizer step instead."""
+    """DVCLive's callback counts one step per log call; plot the curves against the optimizer step instead,
+    and write each metric at most once per step (the final evaluation repeats the last in-training one, a
+    rerun of a complete run repeats it again): a curve never holds a step twice."""
 
-    def on_log(self, args, state, control, **kwargs):
-        if self.live is not None:
+    def __init__(self, live: Live) -> None:
+        super().__init__(live=live)
+        self.last_step: dict[str, int] = {}  # curve file (relative to plots/metrics) -> its last step
+        metrics_dir = Path(live.plots_dir) / "metrics"
+        for tsv in metrics_dir.rglob("*.tsv"):
+            steps = curve_steps(tsv)
+            if steps:
+                self.last_step[tsv.relative_to(metrics_dir).with_suffix("").as_posix()] = max(steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from dvclive.utils import standardize_metric_name
+
+        if self.live is None or not state.is_world_process_zero:
+            return super().on_log(args, state, control, logs=logs, **kwargs)
+        fresh = {}
+        for key, value in (logs or {}).items():
+            if key.endswith("model_preparation_time"):  # logged by an evaluation outside training: not a curve
+                continue
+            name = standardize_metric_name(key, "dvclive.huggingface")
+            if self.last_step.get(name, -1) < state.global_step:
+                fresh[key] = value
+                self.last_step[name] = state.global_step
+        if fresh:
             self.live.step = state.global_step
-        super().on_log(args, state, control, **kwargs)
+            super().on_log(args, state, control, logs=fresh, **kwargs)
+
+
+class RunGuard(TrainerCallback):
+    """Stops on a non-finite weight, warns on a diverging loss, logs the last step, and keeps the training time
+    of the whole run in each checkpoint, so that a resumed run reports time and throughput of the whole run."""
+
+    def __init__(self, stage: str, seconds_before: float | None, main_process: bool) -> None:
+        self.stage, self.seconds_before, self.main_process = stage, seconds_before, main_process
+        self.started = time.perf_counter()
+        self.first_loss: float | None = None
+        self.warned = False
+
+    def seconds(self) -> float | None:
+        """Training seconds of the whole run so far (None: a checkpoint of an older version lacks them)."""
+        if self.seconds_before is None:
+            return None
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        check_finite(model, f"{self.stage}: the model being trained, after step {state.global_step}",
+                     error=TrainingDiverged)
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the curves and `train_loss` then cover every step of the run
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > 2 * self.first_loss and not self.warned:
+            self.warned = True
+            log.warning("%s: training loss %.3f at step %d is more than twice the first logged one (%.3f): the run "
+                        "is diverging (learning_rate too high? max_grad_norm?)", self.stage, loss, state.global_step,
+                        self.first_loss)
+
+    def on_save(self, args, state, control, **kwargs):
+        seconds = self.seconds()
+        if self.main_process and seconds is not None:
+            write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / RUN_FILE,
+                       {"global_step": state.global_step, "train_seconds": seconds})
 
 
 def world_size() -> int:
@@ -162,14 +257,22 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.rsplit("-", 1)[1])
 
 
+def curve_steps(tsv: Path) -> list[int]:
+    """The `step` column of a DVCLive curve file."""
+    lines = tsv.read_text().splitlines()
+    if not lines:
+        return []
+    column = lines[0].split("\t").index("step")
+    return [int(line.split("\t")[column]) for line in lines[1:]]
+
+
 def truncate_curves(live_dir: Path, step: int) -> None:
     """Drop the DVCLive rows logged after `step`: a killed run logged them, the resumed one logs them again."""
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text().splitlines()
         if not lines:
             continue
-        column = lines[0].split("\t").index("step")
-        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
+        kept = [lines[0]] + [line for line, at in zip(lines[1:], curve_steps(tsv), strict=True) if at <= step]
         tsv.write_text("\n".join(kept) + "\n")
 
 
@@ -181,6 +284,48 @@ def open_live(stage: str, resume_from: str | None) -> Live:
     return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume_from is not None)
 
 
+def lock_stage(stage: str):
+    """Hold checkpoints/<stage>.lock for this process (an OS lock, released when the process ends, however it
+    ends): a second live instance of the stage (an orphan of a killed `dvc repro`, a second repro) is refused
+    before it touches the checkpoints or the curves. The file names its holder; a name left by a dead holder
+    is a stale lock, reported and taken over."""
+    path = paths.CHECKPOINTS / f"{stage}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release_stage
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that has not written its pid yet"
+        handle.close()
+        raise StageBusy(f"{stage}: {paths.CHECKPOINTS / stage} is in use by another {stage} run ({holder}); "
+                        "wait for it to end, or stop it, then rerun") from None
+    handle.seek(0)
+    previous = handle.read().strip()
+    if previous:
+        log.info("%s: stale lock of a run that ended without releasing it (%s): taken over", path, previous)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle
+
+
+def release_stage(handle) -> None:
+    handle.seek(0)
+    handle.truncate()  # an empty lock file is a released one; a file with a pid and no OS lock is stale
+    handle.flush()
+    handle.close()
+
+
+def run_seconds(checkpoint: str | Path) -> float | None:
+    """Training seconds of the whole run up to `checkpoint` (None: not recorded, e.g. an older checkpoint)."""
+    try:
+        return float(json.loads((Path(checkpoint) / RUN_FILE).read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState) -> None:
     """Save the model and tokenizer to `output` atomically. Every rank calls the Trainer's save (FSDP gathers
     the full state dict there); only the main process writes and renames."""
@@ -190,9 +335,23 @@ def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: P
     state.wait_for_everyone()
     trainer.save_model(str(tmp))
     if state.is_main_process:
+        # The Trainer pickles its TrainingArguments next to the weights: a model folder stays pickle-free
+        # (the parameters are in params.yaml and dvc.lock).
+        (tmp / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, output)
     state.wait_for_everyone()
+
+
+def whole_run_loss(state: TrainerState) -> float | None:
+    """Mean training loss over every step of the run, from the logged interval means (a resumed run restores
+    the earlier ones with the checkpoint; RunGuard logs the last step)."""
+    total, previous = 0.0, 0
+    for entry in state.log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > previous:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return total / previous if previous else None
 
 
 def fit(
@@ -212,15 +371,34 @@ def fit(
     """Train `model`, save it to `output` (atomically, with the tokenizer) and return the stage metrics.
 
     `finalize` runs on the trained model before it is saved (pruning makes its masks permanent there).
+    A checkpoint at max_steps of this very run means the run is complete: nothing is trained, the model is
+    that checkpoint's (bit for bit the model the run saved), and the metrics are the whole run's.
     """
     processes = world_size()
     args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes)
     _ = args.device  # sets up the Trainer's PartialState: under a launcher, the process group (gloo on CPU)
     state = PartialState()
+    lock = lock_stage(stage) if state.is_main_process else None
+    try:
+        return _fit(stage, model, tokenizer, train_set, eval_sets, cfg, run_id, output, trainer_cls, finalize,
+                    args, state, processes, **trainer_kwargs)
+    finally:
+        if lock is not None:
+            release_stage(lock)
+
+
+def _fit(stage, model, tokenizer, train_set, eval_sets, cfg, run_id, output, trainer_cls, finalize, args, state,
+         processes, **trainer_kwargs) -> dict[str, Any]:
     run_id = hashlib.sha256(f"{run_id} processes={processes}".encode()).hexdigest()
     folder, resume_from = checkpoint_dir(stage, run_id, state)
+    complete = resume_from is not None and checkpoint_step(resume_from) >= cfg.max_steps
+    seconds_before = run_seconds(resume_from) if resume_from else 0.0
+    tokens_before = (TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json")).num_input_tokens_seen
+                     if resume_from else 0)
     model.set_attn_implementation(cfg.attn_implementation)
-    callbacks = [TrainingStepDVCLiveCallback(live=open_live(stage, resume_from))] if state.is_main_process else []
+    guard = RunGuard(stage, seconds_before, state.is_main_process)
+    live = open_live(stage, resume_from) if state.is_main_process else None
+    callbacks = [guard] + ([TrainingStepDVCLiveCallback(live=live)] if live is not None else [])
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -232,28 +410,46 @@ def fit(
         **trainer_kwargs,
     )
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
-             cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    if complete:
+        log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
+        trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        seconds, runtime_this_process = seconds_before, 0.0
+    else:
+        log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
+                 cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{stage}: {exc}; nothing saved to {output}") from None
+        seconds, runtime_this_process = guard.seconds(), result.metrics["train_runtime"]
     final = trainer.evaluate()
     if finalize is not None:
         finalize(model)
-    save_trained(trainer, tokenizer, output, state)
-    if state.is_main_process:
-        log.info("%s: saved %s", stage, output)
+    check_finite(model, f"{stage}: the trained model", error=TrainingDiverged)
 
+    tokens = trainer.state.num_input_tokens_seen
+    if seconds is None:  # a checkpoint without the whole run's time: report the part trained here, never more
+        seconds, tokens = (runtime_this_process or None), tokens - tokens_before
+    train_loss = whole_run_loss(trainer.state)
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
         "processes": processes,
         "parameters": n_params,
-        "train_loss": round(result.training_loss, 4),
-        "train_runtime_s": round(result.metrics["train_runtime"], 2),
-        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
+        "train_loss": round(train_loss, 4) if train_loss is not None else None,
+        "train_runtime_s": round(seconds, 2) if seconds else None,
+        "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
     }
     for name in eval_sets:
         loss = final[f"eval_{name}_loss"]
         metrics[f"eval_{name}_loss"] = round(loss, 4)
         if name != "task":  # the task loss is on one label word: its exponent is no perplexity
-            metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3)
+            metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
+
+    save_trained(trainer, tokenizer, output, state)
+    if state.is_main_process:
+        log.info("%s: saved %s", stage, output)
+    if complete and live is not None:
+        live.end()  # the Trainer's on_train_end does it after training
     return metrics

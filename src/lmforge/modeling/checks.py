@@ -1,0 +1,71 @@
+"""Every stage's input model, loaded the one checked way: safetensors only, finite weights.
+
+A model folder of the chain that is truncated, or holds a NaN or an infinity, stops the stage that
+reads it before any work, with a message naming the file, the tensor and the stage that wrote it,
+instead of a raw library error or, worse, a NaN model passed on down the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from lmforge.errors import DataError, LmforgeError
+
+
+def _named_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
+    if isinstance(source, nn.Module):
+        yield from source.named_parameters()
+        yield from source.named_buffers()
+    else:
+        yield from source.items()
+
+
+def check_finite(source: nn.Module | Mapping[str, torch.Tensor], where: str,
+                 error: type[LmforgeError] = DataError) -> None:
+    """Raise `error` naming the first floating-point tensor of `source` with a NaN or an infinity.
+
+    One synchronisation for the whole model (a stack of per-tensor flags): cheap enough for every step.
+    """
+    tensors = [(name, t) for name, t in _named_tensors(source) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+    if bool(finite.all()):
+        return
+    name, tensor = tensors[int((~finite).nonzero()[0])]
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    raise error(f"{where}: tensor '{name}' has {nan} NaN and {inf} infinite value(s) of {tensor.numel()}")
+
+
+def check_safetensors(folder: Path, producer: str) -> list[Path]:
+    """The folder's safetensors files, each with a readable header and all its data (not truncated)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise DataError(f"{folder}: no .safetensors weights (it is produced by `dvc repro {producer}`)")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):  # checks the header covers the file: not truncated
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise DataError(f"{file}: cannot be read as safetensors ({exc}); it is produced by "
+                            f"`dvc repro {producer}`: rerun it (`dvc repro -f {producer}`)") from exc
+    return files
+
+
+def load_model(folder: Path, producer: str, **kwargs):
+    """A `save_pretrained` folder of the chain as an fp32 causal LM, from safetensors only, checked finite."""
+    from transformers import AutoModelForCausalLM
+
+    if not folder.exists():
+        raise DataError(f"{folder}: not found (it is produced by `dvc repro {producer}`)")
+    files = check_safetensors(folder, producer)
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32, **kwargs)
+    where = str(files[0]) if len(files) == 1 else str(folder)
+    check_finite(model, where + f" (written by `dvc repro {producer}`)")
+    return model
