@@ -50,8 +50,10 @@ def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_on
     path, env = repo
     run(["git", "add", "-A"], path, env)
     run(["git", "commit", "-qm", "first run"], path, env)
-    output = run(["dvc", "exp", "run", "-S", "profile=tiny", "-S", "quantize.per_channel=false"], path, env)
+    # no `-S profile=tiny`: make_repo set it with `make params` (conf/make_params.yaml), which DVC composes too
+    output = run(["dvc", "exp", "run", "-S", "quantize.per_channel=false"], path, env)
     assert stages_run(output) == ["validate", "quantize", "evaluate"]
     assert "per_channel: false" in (path / "params.yaml").read_text()
+    assert "n_embd: 32" in (path / "params.yaml").read_text()  # still the tiny model
     quantize = json.loads((path / "metrics/quantize.json").read_text())
     assert quantize["coverage"] >= 0.95

@@ -89,3 +89,7 @@ def test_a_killed_pretrain_resumes_from_its_checkpoint_and_ends_at_max_steps(tmp
     assert whole["resumed_from_step"] == 0
     assert (repo / "dvclive/pretrain/plots/metrics/loss.tsv").read_text() == resumed_curve
     assert whole["eval_general_loss"] == metrics["eval_general_loss"]
+    # the resumed run reports the whole run: the same mean training loss, and a throughput that counts the
+    # steps trained before the kill with their time (it overstated ~50x when only the tail's time counted)
+    assert whole["train_loss"] == metrics["train_loss"]
+    assert metrics["train_tokens_per_s"] <= 3 * whole["train_tokens_per_s"]
