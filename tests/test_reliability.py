@@ -181,10 +181,9 @@ def test_rerunning_a_complete_training_run_trains_nothing_and_reproduces_it(trai
     assert model.read_bytes() == weights, "the model changed on a rerun of a complete run"
     assert sorted(p.name for p in (trained / "checkpoints/pretrain").glob("checkpoint-*")) == ["checkpoint-6"]
     # metrics of the whole run: the same losses, and a throughput that does not count 6 steps in no time
-    for key in ("train_loss", "eval_general_loss", "eval_general_perplexity", "parameters"):
+    for key in ("train_loss", "train_runtime_s", "train_tokens_per_s", "eval_general_loss",
+                "eval_general_perplexity", "parameters"):
         assert second[key] == first[key], key
-    assert 0 < second["train_tokens_per_s"] <= 1.5 * first["train_tokens_per_s"]
-    assert second["train_runtime_s"] >= 0.5 * first["train_runtime_s"]
     # the curves: unchanged, and every step at most once in each
     assert snapshot(trained, "dvclive/pretrain/plots") == curves
     for tsv in curve_files(trained / "dvclive/pretrain"):
@@ -248,6 +247,23 @@ def test_a_non_finite_loss_stops_training_naming_the_stage_and_the_step(tmp_path
             tmp_path / "models/general")
     assert "nothing saved to" in str(err.value)
     assert not (tmp_path / "models/general").exists()
+
+
+def test_a_non_finite_weight_after_a_step_stops_training_naming_the_tensor():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainerControl, TrainerState
+
+    from lmforge.training.runner import RunGuard, TrainingDiverged
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    guard = RunGuard("distill", 0.0, main_process=False)
+    state = TrainerState(global_step=7, max_steps=10)
+    guard.on_step_end(None, state, TrainerControl(), model=model)  # finite: training goes on
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingDiverged, match=r"^distill: the model being trained, after step 7: tensor "
+                                               r"'transformer.h.0.mlp.c_proj.weight' has 0 NaN and 1 infinite"):
+        guard.on_step_end(None, state, TrainerControl(), model=model)
 
 
 def test_metrics_json_is_strict_json_with_null_and_a_flag_for_non_finite_values(tmp_path):

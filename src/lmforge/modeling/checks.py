@@ -31,7 +31,9 @@ def check_finite(source: nn.Module | Mapping[str, torch.Tensor], where: str,
 
     One synchronisation for the whole model (a stack of per-tensor flags): cheap enough for every step.
     """
-    tensors = [(name, t) for name, t in _named_tensors(source) if t.is_floating_point() and t.numel()]
+    # a sharded (FSDP) parameter is checked on this process's shard
+    local = ((name, t.to_local() if hasattr(t, "to_local") else t) for name, t in _named_tensors(source))
+    tensors = [(name, t) for name, t in local if t.is_floating_point() and t.numel()]
     if not tensors:
         return
     finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])

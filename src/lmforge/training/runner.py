@@ -422,7 +422,11 @@ def _fit(stage, model, tokenizer, train_set, eval_sets, cfg, run_id, output, tra
             result = trainer.train(resume_from_checkpoint=resume_from)
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{stage}: {exc}; nothing saved to {output}") from None
-        seconds, runtime_this_process = guard.seconds(), result.metrics["train_runtime"]
+        # the time the final checkpoint recorded, as a rerun of this complete run will report it
+        last = get_last_checkpoint(str(folder))
+        recorded = run_seconds(last) if last and checkpoint_step(last) == trainer.state.global_step else None
+        seconds = recorded if recorded is not None else guard.seconds()
+        runtime_this_process = result.metrics["train_runtime"]
     final = trainer.evaluate()
     if finalize is not None:
         finalize(model)
