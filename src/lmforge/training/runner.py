@@ -378,82 +378,77 @@ def fit(
     args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes)
     _ = args.device  # sets up the Trainer's PartialState: under a launcher, the process group (gloo on CPU)
     state = PartialState()
-    lock = lock_stage(stage) if state.is_main_process else None
+    lock = lock_stage(stage) if state.is_main_process else None  # before anything touches the checkpoints
     try:
-        return _fit(stage, model, tokenizer, train_set, eval_sets, cfg, run_id, output, trainer_cls, finalize,
-                    args, state, processes, **trainer_kwargs)
+        run_id = hashlib.sha256(f"{run_id} processes={processes}".encode()).hexdigest()
+        folder, resume_from = checkpoint_dir(stage, run_id, state)
+        complete = resume_from is not None and checkpoint_step(resume_from) >= cfg.max_steps
+        seconds_before = run_seconds(resume_from) if resume_from else 0.0
+        resumed_state = (TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+                         if resume_from else None)
+        tokens_before = resumed_state.num_input_tokens_seen if resumed_state else 0
+        model.set_attn_implementation(cfg.attn_implementation)
+        guard = RunGuard(stage, seconds_before, state.is_main_process)
+        live = open_live(stage, resume_from) if state.is_main_process else None
+        callbacks = [guard] + ([TrainingStepDVCLiveCallback(live=live)] if live is not None else [])
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            data_collator=PadCollator(tokenizer.pad_token_id),
+            train_dataset=train_set,
+            eval_dataset=eval_sets,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+        n_params = sum(p.numel() for p in model.parameters())
+        if complete:
+            log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
+            trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
+            trainer.state = resumed_state
+            seconds, runtime_this_process = seconds_before, 0.0
+        else:
+            log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
+                     cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
+            try:
+                result = trainer.train(resume_from_checkpoint=resume_from)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{stage}: {exc}; nothing saved to {output}") from None
+            # the time the final checkpoint recorded, as a rerun of this complete run will report it
+            last = get_last_checkpoint(str(folder))
+            recorded = run_seconds(last) if last and checkpoint_step(last) == trainer.state.global_step else None
+            seconds = recorded if recorded is not None else guard.seconds()
+            runtime_this_process = result.metrics["train_runtime"]
+        final = trainer.evaluate()
+        if finalize is not None:
+            finalize(model)
+        check_finite(model, f"{stage}: the trained model", error=TrainingDiverged)
+
+        tokens = trainer.state.num_input_tokens_seen
+        if seconds is None:  # a checkpoint without the whole run's time: report the part trained here, never more
+            seconds, tokens = (runtime_this_process or None), tokens - tokens_before
+        train_loss = whole_run_loss(trainer.state)
+        metrics: dict[str, Any] = {
+            "steps": trainer.state.global_step,
+            "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
+            "processes": processes,
+            "parameters": n_params,
+            "train_loss": round(train_loss, 4) if train_loss is not None else None,
+            "train_runtime_s": round(seconds, 2) if seconds else None,
+            "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        }
+        for name in eval_sets:
+            loss = final[f"eval_{name}_loss"]
+            metrics[f"eval_{name}_loss"] = round(loss, 4)
+            if name != "task":  # the task loss is on one label word: its exponent is no perplexity
+                metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
+
+        save_trained(trainer, tokenizer, output, state)
+        if state.is_main_process:
+            log.info("%s: saved %s", stage, output)
+        if complete and live is not None:
+            live.end()  # the Trainer's on_train_end does it after training
+        return metrics
     finally:
         if lock is not None:
             release_stage(lock)
-
-
-def _fit(stage, model, tokenizer, train_set, eval_sets, cfg, run_id, output, trainer_cls, finalize, args, state,
-         processes, **trainer_kwargs) -> dict[str, Any]:
-    run_id = hashlib.sha256(f"{run_id} processes={processes}".encode()).hexdigest()
-    folder, resume_from = checkpoint_dir(stage, run_id, state)
-    complete = resume_from is not None and checkpoint_step(resume_from) >= cfg.max_steps
-    seconds_before = run_seconds(resume_from) if resume_from else 0.0
-    tokens_before = (TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json")).num_input_tokens_seen
-                     if resume_from else 0)
-    model.set_attn_implementation(cfg.attn_implementation)
-    guard = RunGuard(stage, seconds_before, state.is_main_process)
-    live = open_live(stage, resume_from) if state.is_main_process else None
-    callbacks = [guard] + ([TrainingStepDVCLiveCallback(live=live)] if live is not None else [])
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        train_dataset=train_set,
-        eval_dataset=eval_sets,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
-    n_params = sum(p.numel() for p in model.parameters())
-    if complete:
-        log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
-        trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
-        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
-        seconds, runtime_this_process = seconds_before, 0.0
-    else:
-        log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
-                 cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
-        try:
-            result = trainer.train(resume_from_checkpoint=resume_from)
-        except TrainingDiverged as exc:
-            raise TrainingDiverged(f"{stage}: {exc}; nothing saved to {output}") from None
-        # the time the final checkpoint recorded, as a rerun of this complete run will report it
-        last = get_last_checkpoint(str(folder))
-        recorded = run_seconds(last) if last and checkpoint_step(last) == trainer.state.global_step else None
-        seconds = recorded if recorded is not None else guard.seconds()
-        runtime_this_process = result.metrics["train_runtime"]
-    final = trainer.evaluate()
-    if finalize is not None:
-        finalize(model)
-    check_finite(model, f"{stage}: the trained model", error=TrainingDiverged)
-
-    tokens = trainer.state.num_input_tokens_seen
-    if seconds is None:  # a checkpoint without the whole run's time: report the part trained here, never more
-        seconds, tokens = (runtime_this_process or None), tokens - tokens_before
-    train_loss = whole_run_loss(trainer.state)
-    metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step,
-        "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
-        "processes": processes,
-        "parameters": n_params,
-        "train_loss": round(train_loss, 4) if train_loss is not None else None,
-        "train_runtime_s": round(seconds, 2) if seconds else None,
-        "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-    }
-    for name in eval_sets:
-        loss = final[f"eval_{name}_loss"]
-        metrics[f"eval_{name}_loss"] = round(loss, 4)
-        if name != "task":  # the task loss is on one label word: its exponent is no perplexity
-            metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
-
-    save_trained(trainer, tokenizer, output, state)
-    if state.is_main_process:
-        log.info("%s: saved %s", stage, output)
-    if complete and live is not None:
-        live.end()  # the Trainer's on_train_end does it after training
-    return metrics
