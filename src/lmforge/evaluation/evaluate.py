@@ -19,6 +19,7 @@ from lmforge.artifacts import dir_bytes, read_json
 from lmforge.config import MODEL_NAMES, EvaluateConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
+from lmforge.modeling import checks
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,7 @@ def load_model(name: str) -> nn.Module:
 
         model = load_quantized(path)
     else:
-        from lmforge.modeling.checks import load_model as load_checked
-
-        model = load_checked(path, PRODUCERS[name])  # safetensors only, finite weights
+        model = checks.load_model(path, PRODUCERS[name])  # safetensors only, finite weights
     return model.eval()
 
 
