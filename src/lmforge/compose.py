@@ -62,7 +62,11 @@ def persisted_overrides(overrides: list[str], conf_dir: str | Path = CONF_DIR) -
                               "set a value instead")
         key, value = override.key_or_group, override.value()
         if (Path(conf_dir) / key).is_dir() and override.package is None:  # a config group: profile=tiny
-            defaults.append(f"{'' if override.is_add() else 'override '}/{key}: {value}")
+            entry = f"/{key}: {value}"
+            if override.is_add():  # Hydra wants added groups before the overrides in a defaults list
+                defaults.insert(0, entry)
+            else:
+                defaults.append(f"override {entry}")
         else:
             OmegaConf.update(values, key, value, force_add=True)
     text = PERSISTED_HEADER
