@@ -419,6 +419,7 @@ def test_an_empty_or_binary_raw_file_is_named(tmp_path, content, expected):
     ("torchrun --nproc_per_node=$(id -u)", False),
     ("accelerate launch --config_file x.yaml > /tmp/out", False),
     ("deepspeed train.py", False),
+    ("torchrun evil.py", False),
 ])
 def test_launcher_accepts_only_the_documented_forms(launcher, ok):
     from lmforge.config import check_launcher

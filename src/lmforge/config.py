@@ -344,9 +344,10 @@ def _check_value(value: Any, hint: Any, key: str, meta: Mapping, source: str | P
 # --------------------------------------------------------------------------------------------------
 
 # dvc.yaml runs `${launcher} stages/<stage>.py` through a shell: only the documented forms, with options
-# made of plain characters (no ;, |, &, $, quotes, redirections), may reach it.
-_OPTION = r"--?[A-Za-z][\w-]*(?:=[\w./:,+@-]+)?|[\w./:,+@-]+"
-_LAUNCHER = re.compile(rf"python|(?:torchrun|accelerate launch)(?: (?:{_OPTION}))*")
+# made of plain characters (no ;, |, &, $, quotes, redirections), may reach it; a bare word only right after
+# an option (its value), never first.
+_OPTION = r"--?[A-Za-z][\w-]*(?:=[\w./:,+@-]+| [\w./:,+@-]+)?"
+_LAUNCHER = re.compile(rf"python|(?:torchrun|accelerate launch)(?: {_OPTION})*")
 
 
 def check_launcher(value: Any, source: str | Path = PARAMS_FILE) -> str:
