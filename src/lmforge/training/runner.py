@@ -32,7 +32,7 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import paths
-from lmforge.artifacts import replace_dir
+from lmforge.artifacts import atomic_dir, replace_dir
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.training.data import PadCollator
@@ -195,6 +195,16 @@ def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: P
     state.wait_for_everyone()
 
 
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path,
+               save: Callable[[Path], None] | None = None) -> None:
+    """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
+    tokenizer to `output` atomically; for stages that check the trained model before saving it."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        with atomic_dir(output) as folder:
+            save(folder) if save is not None else model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+
 def fit(
     stage: str,
     model: PreTrainedModel,
@@ -204,12 +214,14 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     run_id: str,
-    output: Path,
+    output: Path | None,
     trainer_cls: type[Trainer] = LMTrainer,
     finalize: Callable[[PreTrainedModel], None] | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Train `model`, save it to `output` (atomically, with the tokenizer) and return the stage metrics.
+
+    `output` None: the caller saves (after its accuracy gate, in its own format).
 
     `finalize` runs on the trained model before it is saved (pruning makes its masks permanent there).
     """
@@ -238,9 +250,10 @@ def fit(
     final = trainer.evaluate()
     if finalize is not None:
         finalize(model)
-    save_trained(trainer, tokenizer, output, state)
-    if state.is_main_process:
-        log.info("%s: saved %s", stage, output)
+    if output is not None:
+        save_trained(trainer, tokenizer, output, state)
+        if state.is_main_process:
+            log.info("%s: saved %s", stage, output)
 
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
