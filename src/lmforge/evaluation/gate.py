@@ -9,6 +9,7 @@ failing gate raises GateError (exit status 2 through `stage.run`) with the previ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,15 @@ def validation_data(limit: int) -> ValidationData:
 
 
 def measure(model: nn.Module, val: ValidationData) -> dict[str, float]:
-    """Validation accuracy and perplexities of `model` (left in eval mode)."""
-    return {
-        "accuracy": round(metrics.task_accuracy(model, val.prompts, val.labels, val.label_token_ids, BATCH_SIZE), 4),
-        "ppl_general": round(metrics.perplexity(model, val.general, BATCH_SIZE), 4),
-        "ppl_domain": round(metrics.perplexity(model, val.domain, BATCH_SIZE), 4),
-    }
+    """Validation accuracy and perplexities of `model` (left in eval mode); a diverged model's are inf."""
+    def ppl(blocks: list[list[int]]) -> float:
+        try:
+            return round(metrics.perplexity(model, blocks, BATCH_SIZE), 4)
+        except OverflowError:
+            return math.inf
+
+    accuracy = metrics.task_accuracy(model, val.prompts, val.labels, val.label_token_ids, BATCH_SIZE)
+    return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}
 
 
 def check(stage: str, cfg: GateConfig, measured: dict[str, float], teacher: dict[str, float],
@@ -61,14 +65,14 @@ def check(stage: str, cfg: GateConfig, measured: dict[str, float], teacher: dict
     failures = []
     if cfg.max_accuracy_drop is not None:
         drop = teacher["accuracy"] - measured["accuracy"]
-        if drop > cfg.max_accuracy_drop + 1e-9:
+        if not drop <= cfg.max_accuracy_drop + 1e-9:
             failures.append(f"validation accuracy {measured['accuracy']:.4f} is {drop:.4f} below the teacher's "
                             f"{teacher['accuracy']:.4f} (allowed drop {stage}.gate.max_accuracy_drop = "
                             f"{cfg.max_accuracy_drop})")
     if cfg.max_ppl_ratio is not None:
         for key in ("ppl_general", "ppl_domain"):
             ratio = measured[key] / teacher[key]
-            if ratio > cfg.max_ppl_ratio:
+            if not ratio <= cfg.max_ppl_ratio:  # NaN (a diverged model) fails too
                 failures.append(f"validation {key} {measured[key]:.3f} is {ratio:.3f}x the teacher's "
                                 f"{teacher[key]:.3f} (allowed {stage}.gate.max_ppl_ratio = {cfg.max_ppl_ratio})")
     if failures:
