@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -31,9 +31,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from lmforge.artifacts import read_json, write_json
-from lmforge.compression.calibration import Calibration
 from lmforge.compression.linear import block_layer_type, linear_layers
 from lmforge.errors import DataError
+
+if TYPE_CHECKING:  # evaluate loads factored models without the calibration (and data) code
+    from lmforge.compression.calibration import Calibration
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "lowrank.json"
