@@ -1,7 +1,7 @@
 """Prune the student with the configured method(s), recover with KD from the teacher, gate, save.
 
     dvc repro prune            # or, from the repository root: python stages/prune.py
-    dvc exp run -S prune=wanda / prune=lowrank / -S 'prune.method=[structured,lowrank]'
+    dvc exp run -S prune=wanda        # or prune=lowrank, prune=structured_lowrank (conf/prune/)
 
 The recipe, top to bottom: load -> check the config against the model -> calibrate -> apply the
 method(s) -> recover (KD, the pruned structure held fixed) -> gate against the teacher -> save -> metrics.
@@ -11,6 +11,8 @@ from typing import Any
 
 from lmforge import paths, stage
 from lmforge.config import stage_params
+
+VALIDATION_EXAMPLES = 256  # validation blocks per corpus and task examples: recovery eval, gate, metrics
 
 
 def main() -> None:
@@ -82,9 +84,6 @@ def main() -> None:
     metrics["format"] = "lowrank" if factored else "hf"
     metrics["bytes_on_disk"] = {"before": dir_bytes(source), "after": dir_bytes(output)}
     stage.write_metrics(paths.METRICS / "prune.json", metrics)
-
-
-VALIDATION_EXAMPLES = 256  # validation blocks per corpus and task examples: recovery eval, gate, metrics
 
 
 def _describe(model) -> dict[str, Any]:
