@@ -48,13 +48,14 @@ def validation_data(limit: int) -> ValidationData:
 
 
 def measure(model: nn.Module, val: ValidationData) -> dict[str, float]:
-    """Validation accuracy and perplexities of `model` (left in eval mode); a diverged model's are inf."""
+    """Validation accuracy and perplexities of `model` (left on the CPU, in eval mode); a diverged model's are inf."""
     def ppl(blocks: list[list[int]]) -> float:
         try:
             return round(metrics.perplexity(model, blocks, BATCH_SIZE), 4)
         except OverflowError:
             return math.inf
 
+    model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
     accuracy = metrics.task_accuracy(model, val.prompts, val.labels, val.label_token_ids, BATCH_SIZE)
     return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}
 
