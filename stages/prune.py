@@ -1,17 +1,98 @@
-"""Prune the student (L1 unstructured over every block linear layer), then recover with KD.
+"""Prune the student with the configured method(s), recover with KD from the teacher, gate, save.
 
     dvc repro prune            # or, from the repository root: python stages/prune.py
+    dvc exp run -S prune=wanda        # or prune=lowrank, prune=structured_lowrank (conf/prune/)
+
+The recipe, top to bottom: load -> check the config against the model -> calibrate -> apply the
+method(s) -> recover (KD, the pruned structure held fixed) -> gate against the teacher -> save -> metrics.
 """
+
+from typing import Any
 
 from lmforge import paths, stage
 from lmforge.config import stage_params
 
+VALIDATION_EXAMPLES = 256  # validation blocks per corpus and task examples: recovery eval, gate, metrics
+
 
 def main() -> None:
     params = stage_params("prune")
-    from lmforge.training.recovery import prune  # validated first: importing it takes seconds
+    # imported after validation: importing torch and transformers takes seconds
+    from lmforge.artifacts import dir_bytes
+    from lmforge.compression import lowrank, methods
+    from lmforge.compression.calibration import calibration_blocks
+    from lmforge.compression.prune import make_permanent
+    from lmforge.config import RecoveryConfig, TrainConfig
+    from lmforge.evaluation import gate
+    from lmforge.modeling.checks import load_model
+    from lmforge.training import data
+    from lmforge.training.distill import DistillationTrainer
+    from lmforge.training.runner import fingerprint, fit, save_model
 
-    stage.write_metrics(paths.METRICS / "prune.json", prune(params))
+    cfg, seed = params["prune"], params["seed"]
+    source, teacher_dir = paths.model_dir("student"), paths.model_dir("teacher")
+    output = paths.model_dir("pruned")
+
+    # load, and refuse a configuration this model cannot take before any work
+    tokenizer = data.load_tokenizer()
+    model = load_model(source, "distill")  # safetensors only; a truncated file or a non-finite weight stops here
+    teacher = load_model(teacher_dir, "finetune")
+    methods.check(cfg, model)
+    val = gate.validation_data(VALIDATION_EXAMPLES)
+    metrics: dict[str, Any] = {"method": cfg.method, "before": _describe(model),
+                               "validation": {"teacher": gate.measure(teacher, val),
+                                              "student": gate.measure(model, val)}}
+
+    # calibrate and apply the method(s), in order
+    blocks = calibration_blocks(cfg.calibration.samples, seed)
+    model, metrics["methods"] = methods.apply(model, cfg, blocks)
+    metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())}
+    metrics["validation"]["pruned"] = gate.measure(model, val)
+
+    # recover: a short KD run from the teacher; masks, sliced shapes and factors stay as they are
+    recovery: RecoveryConfig = cfg.recovery
+    if recovery.max_steps > 0:
+        train_cfg = TrainConfig(
+            max_steps=recovery.max_steps, batch_size=recovery.batch_size, grad_accum_steps=1,
+            learning_rate=recovery.learning_rate, lr_scheduler="cosine", warmup_steps=0, weight_decay=0.0,
+            max_grad_norm=1.0, logging_steps=max(1, recovery.max_steps // 10), eval_steps=recovery.max_steps,
+            save_steps=max(1, recovery.max_steps // 2), eval_max_examples=VALIDATION_EXAMPLES, precision="fp32",
+            attn_implementation="sdpa", optim="adamw_torch", torch_compile=False)
+        train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed)
+        eval_sets = data.eval_sets(VALIDATION_EXAMPLES, with_task=True)
+        run_id = fingerprint({"seed": seed, "prune": cfg}, [source, teacher_dir, paths.PROCESSED])
+        metrics["recovery"] = fit("prune", model, tokenizer, train_set, eval_sets, train_cfg, seed, run_id, None,
+                                  trainer_cls=DistillationTrainer, teacher=teacher, kd=recovery.kd)
+    make_permanent(model)  # masks folded into plain weights (a no-op without masks)
+    metrics["validation"]["recovered"] = gate.measure(model, val)
+
+    # gate against the teacher, before anything is written
+    metrics["gate"] = {"enabled": False}
+    if cfg.gate is not None:
+        metrics["gate"] = gate.check("prune", cfg.gate, metrics["validation"]["recovered"],
+                                     metrics["validation"]["teacher"], str(output))
+
+    # save: a plain HF folder, or safetensors + lowrank.json when layers are factored
+    factored = bool(lowrank.factored_layers(model))
+    manifest = {"method": cfg.method, "activation_aware": cfg.activation_aware, "base_model": source.as_posix()}
+    save_model(model, tokenizer, output,
+               save=(lambda folder: lowrank.save_lowrank(model, folder, manifest=manifest)) if factored else None)
+
+    metrics["after"] = _describe(model)
+    metrics["format"] = "lowrank" if factored else "hf"
+    metrics["bytes_on_disk"] = {"before": dir_bytes(source), "after": dir_bytes(output)}
+    stage.write_metrics(paths.METRICS / "prune.json", metrics)
+
+
+def _describe(model) -> dict[str, Any]:
+    """Parameters, non-zero parameters, and zeros per block layer type, measured from the weights."""
+    from lmforge.compression.prune import sparsity_report
+
+    report = sparsity_report(model)
+    return {"params": report["params"], "nonzero_params": report["nonzero_params"],
+            "sparsity": report["overall"]["sparsity"],
+            "per_type": {t: {"sparsity": round(c["sparsity"], 4), "weights": c["weights"]}
+                         for t, c in report["per_type"].items()}}
 
 
 if __name__ == "__main__":

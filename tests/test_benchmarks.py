@@ -60,3 +60,19 @@ def test_gpu_check_dry_run_exercises_the_gpu_script_on_a_cpu(tmp_path):
     assert train["loss"] == pytest.approx(train["loss"])  # a number, not NaN
     assert positive(res["inference"]["fp32"]["throughput"]["tokens_per_s"])
     assert res["inference"]["int8"]["status"].startswith("not available")
+
+
+def test_compression_speed_measures_every_variant_against_dense(tmp_path):
+    result = run("benchmarks/compression_speed.py", "--shapes", "default_4x128", "--rounds", "1", "--reps", "1",
+                 "--seq-len", "16", "--threads", "1", "--pruned", "", output=tmp_path / "compression.json")
+    rows = result["results"]["default_4x128"]["variants"]
+    assert set(rows) == {"dense", "l1_50", "wanda_50", "wanda_2of4", "structured_25", "structured_50",
+                         "lowrank_0.5", "lowrank_0.25"}
+    dense = rows["dense"]["non_embedding_parameters"]
+    assert rows["structured_25"]["non_embedding_parameters"] == pytest.approx(0.75 * dense, rel=0.02)
+    assert rows["structured_50"]["non_embedding_parameters"] == pytest.approx(0.5 * dense, rel=0.02)
+    assert rows["wanda_2of4"]["bitmask_bytes_ratio"] < 1 == rows["wanda_2of4"]["bytes_ratio"]
+    assert rows["lowrank_0.25"]["bytes_ratio"] < 1 and rows["structured_50"]["bytes_ratio"] < 1
+    for row in rows.values():
+        assert positive(row["speedup_batch1"]["median"]) and positive(row["ms_batch16"])
+    assert result["environment"]["cpu"] and "cpu_flags" in result["environment"]

@@ -1,6 +1,7 @@
 """conf/ is the single source of truth: params.yaml is its composition, and every section validates."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,18 @@ def test_every_section_of_every_profile_validates(tmp_path, profile):
     assert set(params) == {"seed", *SECTIONS}
 
 
+@pytest.mark.parametrize("method", sorted(p.stem for p in (ROOT / "conf/prune").glob("*.yaml") if p.stem != "common"))
+def test_every_prune_option_validates_and_fits_the_default_student(tmp_path, method):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.compression import methods
+
+    cfg = stage_params("prune", path=composed(tmp_path, f"prune={method}"))["prune"]
+    torch.manual_seed(0)
+    methods.check(cfg, GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=128, n_layer=2, n_head=4)))
+
+
 def edited(tmp_path: Path, section: str, key: str, value) -> Path:
     path = composed(tmp_path)
     raw = yaml.safe_load(path.read_text())
@@ -47,7 +60,9 @@ def edited(tmp_path: Path, section: str, key: str, value) -> Path:
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("prune", "amount", 1.5, "invalid value for 'prune.amount': 1.5 (expected a value >= 0.0 and < 1.0)"),
+        ("prune", "amount", 1.5, "invalid value for 'prune.amount': 1.5 (expected a value > 0.0 and < 1.0)"),
+        ("prune", "gate.max_ppl_ratio", 0.5, "'prune.gate.max_ppl_ratio': 0.5 (expected a value >= 1.0)"),
+        ("distill", "kd.temperature", 0, "'distill.kd.temperature': 0.0 (expected a value > 0.0 and <= 100.0)"),
         ("prune", "recovery.max_steps", -1, "'prune.recovery.max_steps': -1 (expected a value >= 0)"),
         ("quantize", "method", "int3", "'quantize.method': 'int3' (expected one of dynamic_int8)"),
         ("quantize", "per_channel", "yes", "'quantize.per_channel': 'yes' (expected true or false)"),
@@ -73,10 +88,18 @@ def test_unknown_key_lists_the_allowed_ones(tmp_path):
 def test_a_missing_key_is_named(tmp_path):
     path = composed(tmp_path)
     raw = yaml.safe_load(path.read_text())
-    del raw["distill"]["temperature"]
+    del raw["distill"]["kd"]["temperature"]
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="missing key 'distill.temperature'"):
+    with pytest.raises(ConfigError, match="missing key 'distill.kd.temperature'"):
         stage_params("distill", path=path)
+
+
+def test_recovery_uses_the_distill_kd_loss_written_once_in_conf(tmp_path):
+    params = stage_params("distill", "prune", path=composed(tmp_path, "distill.kd.temperature=3.5"))
+    assert params["prune"].recovery.kd == params["distill"].kd
+    assert params["distill"].kd.temperature == 3.5
+    conf = [p.read_text() for p in (ROOT / "conf").rglob("*.yaml")]
+    assert sum(len(re.findall(r"^\s*temperature:", text, re.M)) for text in conf) == 1
 
 
 def test_missing_params_file_says_how_to_make_it(tmp_path):

@@ -56,7 +56,6 @@ def test_gpu_profile_composes_builds_and_takes_a_step_on_cpu(tmp_path):
     before = student.transformer.h[0].mlp.c_fc.weight.detach().clone()
     trainer = DistillationTrainer(model=student, args=training_arguments(cfg, tmp_path / "distill", seed=0),
                                   data_collator=PadCollator(GPT2_EOS), train_dataset=data, eval_dataset=evals,
-                                  teacher=teacher,
-                                  temperature=cfg.temperature, alpha_kd=cfg.alpha_kd, alpha_ce=cfg.alpha_ce)
+                                  teacher=teacher, kd=cfg.kd)
     trainer.train()
     assert not torch.equal(before, student.transformer.h[0].mlp.c_fc.weight)

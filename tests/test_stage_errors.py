@@ -29,7 +29,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess, *expected: str) ->
 
 
 @pytest.mark.parametrize(("stage", "override", "expected"), [
-    ("prune", "prune.amount=1.5", "invalid value for 'prune.amount': 1.5 (expected a value >= 0.0 and < 1.0)"),
+    ("prune", "prune.amount=1.5", "invalid value for 'prune.amount': 1.5 (expected a value > 0.0 and < 1.0)"),
     ("quantize", "+quantize.bits=4", "unknown key 'quantize.bits'"),
     ("pretrain", "pretrain.learning_rate=-1", "invalid value for 'pretrain.learning_rate': -1.0"),
 ])

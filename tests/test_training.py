@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-from lmforge.config import ModelConfig, StudentConfig
+from lmforge.config import KDConfig, ModelConfig, StudentConfig
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
 from lmforge.training.data import PadCollator
 from lmforge.training.distill import DistillationTrainer
@@ -113,7 +113,7 @@ def distill_steps(tmp_path, alpha_kd: float, teacher: GPT2LMHeadModel) -> GPT2LM
                              remove_unused_columns=False, seed=0, logging_steps=2, disable_tqdm=True)
     trainer = DistillationTrainer(model=student, args=args, data_collator=PadCollator(0),
                                   train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
-                                  teacher=teacher, temperature=2.0, alpha_kd=alpha_kd, alpha_ce=1.0)
+                                  teacher=teacher, kd=KDConfig(temperature=2.0, alpha_kd=alpha_kd, alpha_ce=1.0))
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "kd_loss" in entry]
     assert logged and all(entry["kd_loss"] > 0 and entry["ce_loss"] > 0 for entry in logged)

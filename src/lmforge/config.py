@@ -150,30 +150,67 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass
-class DistillConfig(FinetuneConfig):
+class KDConfig:
+    """The distillation loss alpha_kd * T^2 * KL + alpha_ce * CE; one copy in conf/ (distill.kd),
+    shared by distill and the prune stage's recovery (prune.recovery.kd: ${distill.kd})."""
+
     temperature: float = spec(gt=0.0, le=100.0)
     alpha_kd: float = spec(ge=0.0)
     alpha_ce: float = spec(ge=0.0)
+
+
+@dataclass
+class GateConfig:
+    """An accuracy gate against the teacher, on the validation split; a null limit is not checked."""
+
+    max_accuracy_drop: float | None = spec(ge=0.0, le=1.0)  # teacher accuracy - model accuracy
+    max_ppl_ratio: float | None = spec(ge=1.0)  # model perplexity / teacher perplexity (general and domain)
+
+
+@dataclass
+class DistillConfig(FinetuneConfig):
+    kd: KDConfig = spec()
+    gate: GateConfig | None = spec()  # null: no gate
 
 
 @dataclass
 class RecoveryConfig:
-    """Short KD fine-tuning from the teacher after pruning, with the masks held fixed."""
+    """Short KD fine-tuning from the teacher after pruning, with the pruned structure held fixed."""
 
     max_steps: int = spec(ge=0)  # 0: no recovery
     batch_size: int = spec(ge=1)
     learning_rate: float = spec(gt=0.0, le=1.0)
-    temperature: float = spec(gt=0.0, le=100.0)
-    alpha_kd: float = spec(ge=0.0)
-    alpha_ce: float = spec(ge=0.0)
+    kd: KDConfig = spec()
     mixture: MixtureConfig = spec()
 
 
 @dataclass
+class CalibrationConfig:
+    """Train-split LM blocks run through the model to score weights, channels, heads and blocks."""
+
+    samples: int = spec(ge=1)  # blocks, drawn from the general and domain train splits
+    batch_size: int = spec(ge=1)
+
+
+PRUNE_METHODS = ("l1_unstructured", "wanda", "structured", "lowrank")
+
+
+@dataclass
 class PruneConfig:
-    method: str = spec(choices=("l1_unstructured",))
-    amount: float = spec(ge=0.0, lt=1.0)  # fraction of each block layer's weights set to zero
+    """Keys a method does not use must be null (checked by lmforge.compression.methods.check)."""
+
+    method: list[str] = spec()  # applied in order, from PRUNE_METHODS, e.g. [structured, lowrank]
+    amount: float | None = spec(gt=0.0, lt=1.0)  # l1_unstructured, wanda: fraction of each layer's weights zeroed
+    n_m: list[int] | None = spec()  # wanda: [N, M], keep N of every M consecutive weights (amount null)
+    heads: float | None = spec(ge=0.0, lt=1.0)  # structured: fraction of attention heads removed per layer
+    ffn: float | None = spec(ge=0.0, lt=1.0)  # structured: fraction of FFN channels removed per layer
+    layers: float | None = spec(ge=0.0, lt=1.0)  # structured: fraction of blocks removed
+    rank_ratio: float | None = spec(gt=0.0, le=1.0)  # lowrank: rank / min(out, in) of each layer
+    energy: float | None = spec(gt=0.0, lt=1.0)  # lowrank: smallest rank keeping this share of sigma^2
+    activation_aware: bool | None = spec()  # lowrank: scale input columns by activation RMS before the SVD
+    calibration: CalibrationConfig = spec()
     recovery: RecoveryConfig = spec()
+    gate: GateConfig | None = spec()  # null: no gate
 
 
 @dataclass

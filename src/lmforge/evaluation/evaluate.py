@@ -88,12 +88,16 @@ PRODUCERS = {"general": "pretrain", "teacher": "finetune", "student": "distill",
 
 
 def load_model(name: str) -> nn.Module:
-    """A model folder of the chain, in fp32 and eval mode; the int8 model through its own loader."""
+    """A model folder of the chain, in fp32 and eval mode; the int8 and low-rank models through their loaders."""
+    from lmforge.compression import lowrank  # only a factored model needs it
+
     path = paths.model_dir(name)
     if name == "quantized":
         from lmforge.compression.quantize import load_quantized  # only this model needs it
 
         model = load_quantized(path)
+    elif lowrank.is_lowrank(path):
+        model = lowrank.load_lowrank(path)
     else:
         model = checks.load_model(path, PRODUCERS[name])  # safetensors only, finite weights
     return model.eval()

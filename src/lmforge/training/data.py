@@ -67,6 +67,14 @@ def task_examples(split: str, label_token_ids: list[int], limit: int | None = No
                         desc=f"task/{split}")
 
 
+def task_prompts(split: str, limit: int | None = None) -> tuple[list[list[int]], list[int]]:
+    """The prompts (review + prompt, without the label word) and labels of a task split."""
+    examples = _load(paths.TASK, split)
+    if limit is not None:
+        examples = examples.select(range(min(limit, len(examples))), keep_in_memory=True)
+    return list(examples["prompt_ids"]), list(examples["label"])
+
+
 def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int) -> Dataset:
     """`num_examples` training examples drawn from domain blocks, task examples and general blocks
     with probabilities proportional to the mixture weights; each source is cycled through in a

@@ -15,11 +15,13 @@ import torch
 from transformers import PreTrainedModel
 
 from lmforge import paths
+from lmforge.config import KDConfig
+from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
 from lmforge.modeling.checks import load_model
 from lmforge.training import data
 from lmforge.training.losses import kd_loss, lm_loss
-from lmforge.training.runner import LMTrainer, fingerprint, fit
+from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,10 @@ log = logging.getLogger(__name__)
 class DistillationTrainer(LMTrainer):
     """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE; logs both terms."""
 
-    def __init__(self, *args: Any, teacher: PreTrainedModel, temperature: float, alpha_kd: float,
-                 alpha_ce: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teacher: PreTrainedModel, kd: KDConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
-        self.temperature, self.alpha_kd, self.alpha_ce = temperature, alpha_kd, alpha_ce
+        self.kd = kd
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
 
@@ -43,8 +44,8 @@ class DistillationTrainer(LMTrainer):
         with torch.no_grad():
             teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                           attention_mask=inputs["attention_mask"]).logits
-        kd = kd_loss(outputs.logits, teacher_logits, inputs["attention_mask"], self.temperature)
-        loss = self.alpha_kd * kd + self.alpha_ce * ce
+        kd = kd_loss(outputs.logits, teacher_logits, inputs["attention_mask"], self.kd.temperature)
+        loss = self.kd.alpha_kd * kd + self.kd.alpha_ce * ce
         self._sums["kd_loss"] += kd.item()
         self._sums["ce_loss"] += ce.item()
         self._count += 1
@@ -75,7 +76,12 @@ def distill(params: dict[str, Any]) -> dict[str, Any]:
     run_id = fingerprint({"seed": params["seed"], "student": params["student"], "distill": cfg},
                          [source, paths.PROCESSED])
     metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
-                  paths.model_dir("student"), trainer_cls=DistillationTrainer, teacher=teacher,
-                  temperature=cfg.temperature, alpha_kd=cfg.alpha_kd, alpha_ce=cfg.alpha_ce)
+                  None, trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd)
     metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
+    metrics["gate"] = {"enabled": False}
+    if cfg.gate is not None:  # before saving: a failing student leaves models/student as it was
+        val = gate.validation_data(cfg.eval_max_examples)
+        metrics["gate"] = gate.check("distill", cfg.gate, gate.measure(student, val), gate.measure(teacher, val),
+                                     str(paths.model_dir("student")))
+    save_model(student, tokenizer, paths.model_dir("student"))
     return metrics

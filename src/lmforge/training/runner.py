@@ -41,7 +41,7 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import paths
-from lmforge.artifacts import replace_dir, write_json
+from lmforge.artifacts import atomic_dir, replace_dir, write_json
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modeling.checks import check_finite
@@ -354,6 +354,16 @@ def whole_run_loss(state: TrainerState) -> float | None:
     return total / previous if previous else None
 
 
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path,
+               save: Callable[[Path], None] | None = None) -> None:
+    """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
+    tokenizer to `output` atomically; for stages that check the trained model before saving it."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        with atomic_dir(output) as folder:
+            save(folder) if save is not None else model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+
 def fit(
     stage: str,
     model: PreTrainedModel,
@@ -363,12 +373,14 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     run_id: str,
-    output: Path,
+    output: Path | None,
     trainer_cls: type[Trainer] = LMTrainer,
     finalize: Callable[[PreTrainedModel], None] | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Train `model`, save it to `output` (atomically, with the tokenizer) and return the stage metrics.
+
+    `output` None: the caller saves (after its accuracy gate, in its own format).
 
     `finalize` runs on the trained model before it is saved (pruning makes its masks permanent there).
     A checkpoint at max_steps of this very run means the run is complete: nothing is trained, the model is
@@ -443,9 +455,10 @@ def fit(
             if name != "task":  # the task loss is on one label word: its exponent is no perplexity
                 metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
 
-        save_trained(trainer, tokenizer, output, state)
-        if state.is_main_process:
-            log.info("%s: saved %s", stage, output)
+        if output is not None:
+            save_trained(trainer, tokenizer, output, state)
+            if state.is_main_process:
+                log.info("%s: saved %s", stage, output)
         if complete and live is not None:
             live.end()  # the Trainer's on_train_end does it after training
         return metrics

@@ -1,0 +1,92 @@
+"""Calibration: statistics of a model's activations on a few train-split LM blocks.
+
+Every activation-aware method reads the same one pass over the data:
+- `input_sq[name]`: the sum over calibration tokens of x_j^2 for every input feature j of every
+  block linear layer (Wanda's ||X_j||_2 is its square root; ASVD's RMS is sqrt(sum / tokens)),
+- `block_influence[i]`: ShortGPT's 1 - cos(block input, block output), averaged over tokens.
+Statistics are collected on the dense model in one pass (not layer by layer as in the Wanda paper):
+cheaper, and the difference is small at the sparsities used here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lmforge.compression.linear import linear_layers
+
+
+@dataclass
+class Calibration:
+    tokens: int = 0
+    samples: int = 0
+    input_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    block_influence: list[float] = field(default_factory=list)
+
+    def input_norm(self, name: str) -> torch.Tensor:
+        """||X_j||_2 over the calibration tokens, per input feature of layer `name`."""
+        return self.input_sq[name].sqrt()
+
+    def input_rms(self, name: str) -> torch.Tensor:
+        return (self.input_sq[name] / max(self.tokens, 1)).sqrt()
+
+
+def calibration_blocks(samples: int, seed: int) -> torch.Tensor:
+    """`samples` LM blocks of the train split, half general and half domain text, in a seeded order."""
+    from lmforge import paths
+    from lmforge.training.data import lm_examples
+
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for path, count in ((paths.LM_GENERAL, samples - samples // 2), (paths.LM_DOMAIN, samples // 2)):
+        blocks = lm_examples(path, "train")
+        order = torch.randperm(len(blocks), generator=generator)[:count].tolist()
+        parts += [blocks[i]["input_ids"] for i in order]
+    return torch.tensor(parts, dtype=torch.long)
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: GPT-2's `transformer.h`, Llama's `model.layers`."""
+    stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__}: no stack of transformer blocks (nn.ModuleList) found")
+    return stacks[0]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> Calibration:
+    """Run `blocks` (samples x seq) through `model` and collect the statistics of the module docstring."""
+    model.eval()
+    result = Calibration(samples=len(blocks))
+    layers = linear_layers(model, blocks_only=True)
+    stack = blocks_of(model)
+    influence_sum = torch.zeros(len(stack), dtype=torch.float64)
+
+    def on_linear(name: str):
+        def hook(module, args, output):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            result.input_sq[name] = result.input_sq.get(name, 0) + (x * x).sum(0)
+        return hook
+
+    def on_block(index: int):
+        def hook(module, args, kwargs, output):
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            cos = nn.functional.cosine_similarity(hidden_in.double(), hidden_out.double(), dim=-1)
+            influence_sum[index] += (1 - cos).sum()
+        return hook
+
+    handles = [module.register_forward_hook(on_linear(name)) for name, module in layers.items()]
+    handles += [block.register_forward_hook(on_block(i), with_kwargs=True) for i, block in enumerate(stack)]
+    try:
+        for start in range(0, len(blocks), batch_size):
+            batch = blocks[start:start + batch_size]
+            model(input_ids=batch)
+            result.tokens += batch.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    result.block_influence = (influence_sum / max(result.tokens, 1)).tolist()
+    return result

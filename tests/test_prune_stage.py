@@ -1,0 +1,133 @@
+"""The prune stage (and distill's gate) on real tiny artifacts: each method's artifact, metrics and loader,
+and accuracy gates that pass and that fail (exit status 2, the previous output intact, nothing new)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmforge.compose import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_stage(workdir: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    compose(workdir / "params.yaml", ["profile=tiny", *overrides], conf_dir=ROOT / "conf")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def folder_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    """data/processed, models/teacher and models/student of the tiny profile."""
+    work = tmp_path_factory.mktemp("chain")
+    for stage in ("base", "preprocess", "pretrain", "finetune", "distill"):
+        ok(run_stage(work, stage))
+    return work
+
+
+@pytest.fixture
+def work(chain, tmp_path) -> Path:
+    """A private copy of the chain, so that tests do not see each other's models/pruned."""
+    dest = tmp_path / "work"
+    shutil.copytree(chain, dest, ignore=shutil.ignore_patterns("checkpoints", "dvclive"))
+    return dest
+
+
+def metrics(work: Path, stage: str = "prune") -> dict:
+    return json.loads((work / "metrics" / f"{stage}.json").read_text())
+
+
+def test_structured_saves_a_smaller_hf_model_with_metrics_and_a_passing_gate(work):
+    ok(run_stage(work, "prune", "prune.gate={max_accuracy_drop:1.0,max_ppl_ratio:1000}"))
+    m = metrics(work)
+    assert m["method"] == ["structured"] and m["format"] == "hf"
+    assert m["methods"]["structured"]["ffn_channels"] == {"before": 128, "after": 64}  # tiny: 4 x 32 wide
+    assert m["after"]["params"] < m["before"]["params"]
+    assert m["bytes_on_disk"]["after"] < m["bytes_on_disk"]["before"]
+    assert set(m["validation"]) == {"teacher", "student", "pruned", "recovered"}
+    assert m["gate"]["passed"] is True and m["calibration"]["samples"] == 64
+    model = AutoModelForCausalLM.from_pretrained(work / "models/pruned")
+    assert model.config.n_inner == 64 and model.transformer.h[0].mlp.c_fc.weight.shape == (32, 64)
+    assert sum(p.numel() for p in model.parameters()) == m["after"]["params"]
+
+
+def test_lowrank_artifact_loads_in_evaluate_with_its_real_parameters(work, monkeypatch):
+    ok(run_stage(work, "prune", "prune=lowrank", "prune.rank_ratio=0.25"))
+    m = metrics(work)
+    assert m["format"] == "lowrank"
+    per_type = m["methods"]["lowrank"]["per_type"]
+    assert per_type["mlp.c_fc"]["ranks"] == [8] and per_type["mlp.c_fc"]["factored"] == 1
+    assert sorted(p.name for p in (work / "models/pruned").glob("*.json"))[:2] == ["config.json", "lowrank.json"]
+    monkeypatch.chdir(work)
+    from lmforge.evaluation import metrics as measure
+    from lmforge.evaluation.evaluate import load_model
+
+    model = load_model("pruned")
+    assert measure.count_parameters(model)["parameters"] == m["after"]["params"] < m["before"]["params"]
+    assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_wanda_two_four_keeps_its_pattern_through_recovery(work):
+    ok(run_stage(work, "prune", "prune=wanda", "prune.amount=null", "prune.n_m=[2,4]"))
+    m = metrics(work)
+    assert m["after"]["sparsity"] == pytest.approx(0.5, abs=1e-6)
+    model = AutoModelForCausalLM.from_pretrained(work / "models/pruned")
+    weight = model.transformer.h[0].mlp.c_fc.weight.t()  # (out, in)
+    assert torch.all((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2)
+
+
+def test_a_failing_prune_gate_exits_2_and_leaves_the_previous_model(work):
+    previous = work / "models/pruned"
+    shutil.copytree(work / "models/student", previous)
+    before = folder_digest(previous)
+    result = run_stage(work, "prune", "prune.recovery.learning_rate=1.0",
+                       "prune.gate={max_accuracy_drop:null,max_ppl_ratio:1.0}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error and "prune gate failed: validation ppl_" in error[0] and "the teacher's" in error[0]
+    assert "prune.gate.max_ppl_ratio = 1.0" in error[0]
+    assert folder_digest(previous) == before
+    assert not list((work / "models").glob(".*")) and not (work / "metrics/prune.json").exists()
+
+
+def test_a_failing_distill_gate_exits_2_and_leaves_the_previous_student(work):
+    student = work / "models/student"
+    before = folder_digest(student)
+    (work / "metrics/distill.json").unlink()
+    result = run_stage(work, "distill", "distill.learning_rate=1.0",
+                       "distill.gate={max_accuracy_drop:null,max_ppl_ratio:1.0}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: distill gate failed: validation ppl_" in result.stderr
+    assert folder_digest(student) == before
+    assert not list((work / "models").glob(".*")) and not (work / "metrics/distill.json").exists()
+
+
+def test_an_impossible_combination_is_refused_before_any_work(work):
+    result = run_stage(work, "prune", "prune.method=[wanda,lowrank]", "prune.amount=0.5", "prune.ffn=null",
+                       "prune.heads=null", "prune.layers=null", "prune.rank_ratio=0.5", "prune.activation_aware=true")
+    assert result.returncode == 2
+    assert "error: prune.method: wanda and lowrank cannot be combined" in result.stderr
+    assert not (work / "models/pruned").exists()
