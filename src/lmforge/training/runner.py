@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from lmforge import paths
+from lmforge import hardware, paths
 from lmforge.artifacts import replace_dir
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
@@ -69,12 +69,18 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes: int = 1) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes: int = 1,
+                       precision: str | None = None) -> TrainingArguments:
+    """`precision`: the resolved one (lmforge.hardware.choose_precision); None: cfg.precision, which must
+    then not be auto."""
     if cfg.batch_size % processes:
         raise ConfigError(f"params.yaml: batch_size={cfg.batch_size} is the global batch and must be divisible "
                           f"by the number of processes ({processes})")
     per_device = cfg.batch_size // processes
     cuda = torch.cuda.is_available()
+    precision = precision or cfg.precision
+    if precision == "auto":
+        raise ValueError("training_arguments needs a resolved precision: use lmforge.hardware.choose_precision")
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -101,7 +107,8 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes:
         report_to="none",  # DVCLive is attached explicitly, so it never rewrites dvc.yaml
         use_cpu=not cuda,
         ddp_backend="gloo" if processes > 1 and not cuda else None,
-        bf16=cfg.precision == "bf16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         optim=cfg.optim,
         torch_compile=cfg.torch_compile,
     )
@@ -214,7 +221,9 @@ def fit(
     `finalize` runs on the trained model before it is saved (pruning makes its masks permanent there).
     """
     processes = world_size()
-    args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes)
+    # auto: measured at the model's width (each rank measures for itself)
+    precision = hardware.choose_precision(cfg.precision, kind="training", width=model.config.hidden_size)
+    args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes, precision["precision"])
     _ = args.device  # sets up the Trainer's PartialState: under a launcher, the process group (gloo on CPU)
     state = PartialState()
     run_id = hashlib.sha256(f"{run_id} processes={processes}".encode()).hexdigest()
@@ -250,6 +259,7 @@ def fit(
         "train_loss": round(result.training_loss, 4),
         "train_runtime_s": round(result.metrics["train_runtime"], 2),
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
+        "precision": precision,
     }
     for name in eval_sets:
         loss = final[f"eval_{name}_loss"]
