@@ -186,7 +186,8 @@ def layout(tmp_path, monkeypatch):
     paths.METRICS.mkdir()
     (paths.METRICS / "preprocess.json").write_text(json.dumps({"bow_baseline_accuracy": 0.61,
                                                                "majority_accuracy": 0.5}))
-    compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]"],
+    compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]",
+                                       "evaluate.precision=fp32"],  # auto may pick bf16: ppl compared to fp32 below
             conf_dir=REPO / "conf")
     return tmp_path
 
@@ -213,6 +214,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
                                "latency_seq_len": 16, "throughput_batch": 4}
     assert results["baselines"] == {"bag_of_words": {"accuracy": 0.61}, "majority": {"accuracy": 0.5}}
     assert results["environment"]["threads"] == 2
+    assert results["environment"]["precision"]["precision"] == "fp32"
+    assert {row["precision"] for row in results["models"].values()} == {"fp32"}
 
     records = json.loads((layout / "plots" / "pareto.json").read_text())
     assert [r["model"] for r in records] == ["general", "teacher", "student", "pruned"]
@@ -230,7 +233,7 @@ def test_missing_models_stop_before_any_work(layout, monkeypatch):
     shutil.rmtree(paths.model_dir("student"))
     shutil.rmtree(paths.model_dir("pruned"))
     loaded = []
-    monkeypatch.setattr(evaluate_module, "load_model", lambda name: loaded.append(name))
+    monkeypatch.setattr(evaluate_module, "load_model", lambda name, threads=None: loaded.append(name))
     with pytest.raises(DataError) as excinfo:
         run_stage()
     message = str(excinfo.value)
@@ -250,7 +253,7 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     int8 = torch.ao.quantization.quantize_dynamic(tiny_gpt2(), {nn.Linear}, dtype=torch.qint8)
     calls = []
-    fake = SimpleNamespace(load_quantized=lambda path: calls.append(Path(path)) or int8)
+    fake = SimpleNamespace(load_quantized=lambda path, threads=None: calls.append(Path(path)) or int8)
     monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
     assert evaluate_module.load_model("quantized") is int8
     assert calls == [Path("models/quantized")]

@@ -50,13 +50,15 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
 
     env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
     # fp32 models run in this precision (auto: measured); quantized ones in their own dtype and runtime
-    with metrics.torch_threads(cfg.threads):
-        env["precision"] = hardware.choose_precision(cfg.precision, kind="inference")
+    width = max(_width(read_json(paths.model_dir(name) / "config.json")) for name in cfg.models)
+    with metrics.torch_threads(cfg.threads):  # probed at the widest model's width, with the measuring threads
+        env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(cfg.models, start=1):
         log.info("evaluate [%d/%d] %s: loading %s", i, len(cfg.models), name, paths.model_dir(name))
         model = load_model(name, threads=cfg.threads)
-        precision = "native" if name == "quantized" else env["precision"]["precision"]
+        # the quantized model runs in its own dtype and runtime: its row names the method
+        precision = quantized_method(name) or env["precision"]["precision"]
         with hardware.autocast(precision):
             results[name] = _measure(name, model, cfg, general, domain, prompts, labels, label_token_ids, seed)
         results[name]["precision"] = precision
@@ -94,6 +96,18 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
              "%.0f tokens/s", name, row["ppl_general"], row["ppl_domain"],
              row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
     return row
+
+
+def _width(model_config: dict) -> int:
+    return int(model_config.get("n_embd") or model_config.get("hidden_size") or 512)
+
+
+def quantized_method(name: str) -> str | None:
+    if name != "quantized":
+        return None
+    from lmforge.compression.quantize import method_of
+
+    return method_of(paths.model_dir(name))
 
 
 def load_model(name: str, threads: int | None = None) -> nn.Module:
