@@ -37,8 +37,13 @@ def bf16_supported() -> bool:
         return False
 
 
-def _best_ms(fn: Any, reps: int) -> float:
+def _best_ms(fn: Any, reps: int, budget_s: float = 0.05) -> float:
+    """Best time of `fn` over at least `reps` runs, more (up to 50) while they fit in `budget_s`: a small
+    product takes microseconds, and the best of many is what survives a shared machine's pre-emptions."""
+    start = time.perf_counter()
     fn()  # warm-up: oneDNN picks and caches its kernel on the first call
+    first = time.perf_counter() - start
+    reps = max(reps, min(50, int(budget_s / max(first, 1e-6))))
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
@@ -48,8 +53,20 @@ def _best_ms(fn: Any, reps: int) -> float:
 
 
 def probe(kind: str = "inference", width: int = 512, tokens: int = 256, reps: int = 3) -> dict[str, float]:
-    """Milliseconds (best of `reps`) of a (tokens x width) @ (width x 4 width) product in fp32 and under
-    bf16 autocast; kind="training" times forward + backward. Takes well under a second."""
+    """Milliseconds (best of `reps` or more) of a (tokens x width) @ (width x 4 width) product in fp32 and
+    under bf16 autocast; kind="training" times forward + backward. Takes well under a second.
+
+    One thread: the ratio is a property of the core's units, and with two threads on a shared machine
+    one pre-empted OpenMP thread stalls the other, so 2-thread timings swung 100x between runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _probe(kind, width, tokens, reps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _probe(kind: str, width: int, tokens: int, reps: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, width, generator=generator)
     w = torch.randn(width, 4 * width, generator=generator, requires_grad=kind == "training")

@@ -51,8 +51,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
     # fp32 models run in this precision (auto: measured); quantized ones in their own dtype and runtime
     width = max(_width(read_json(paths.model_dir(name) / "config.json")) for name in cfg.models)
-    with metrics.torch_threads(cfg.threads):  # probed at the widest model's width, with the measuring threads
-        env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)
+    env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)  # widest model
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(cfg.models, start=1):
         log.info("evaluate [%d/%d] %s: loading %s", i, len(cfg.models), name, paths.model_dir(name))
