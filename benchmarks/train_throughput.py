@@ -95,7 +95,7 @@ def stage_loop(prototype, cfg, blocks: torch.Tensor, pad_id: int, seed: int, war
     """Tokens/s of lmforge's Trainer path over the steps after `warmup`."""
     model = copy.deepcopy(prototype)
     model.set_attn_implementation(cfg.attn_implementation)  # as runner.fit does
-    args = training_arguments(cfg, out, seed)
+    args = training_arguments(cfg, out, seed, precision="fp32")  # as the minimal loop (bf16: precision_speed.py)
     args.set_evaluate("no")
     args.set_save("no")
     args.disable_tqdm = True
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
             "optimizer": {"optim": cfg.optim, "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
                           "lr_scheduler": cfg.lr_scheduler, "warmup_steps": cfg.warmup_steps,
                           "max_grad_norm": cfg.max_grad_norm},
-            "precision": cfg.precision, "attn_implementation": cfg.attn_implementation,
+            "precision": "fp32", "attn_implementation": cfg.attn_implementation,
             "torch_compile": cfg.torch_compile,
             "steps_timed": args.steps, "steps_warmup": args.warmup, "rounds": args.rounds,
             "stage_loop": "runner.training_arguments + LMTrainer + PadCollator over a datasets.Dataset; "

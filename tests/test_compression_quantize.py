@@ -1,35 +1,27 @@
-"""Dynamic int8: Conv1D conversion, coverage, the safetensors + JSON format and its loader, the stage."""
+"""Dynamic int8 (torch): Conv1D conversion, coverage, the safetensors + JSON format and its loader.
+The stage, for every method: test_quantize_stage.py."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from lmforge import paths
-from lmforge.compose import compose
-from lmforge.compression.linear import conv1d_to_linear, linear_layers
-from lmforge.compression.prune import l1_unstructured, make_permanent
-from lmforge.compression.quantize import (
+from lmforge.compression.dynamic_int8 import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
-    QuantizationError,
     load_quantized,
-    quantize,
     quantize_dynamic_int8,
     save_quantized,
 )
-from lmforge.config import stage_params
+from lmforge.compression.linear import conv1d_to_linear, linear_layers
+from lmforge.compression.prune import l1_unstructured, make_permanent
 from lmforge.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,63 +159,3 @@ def test_load_quantized_rejects_missing_or_inconsistent_files(tmp_path):
     manifest_path.unlink()
     with pytest.raises(DataError, match=str(manifest_path)):
         load_quantized(tmp_path)
-
-
-# --------------------------------------------------------------------------------------------------
-# The stage function, on params composed from the real conf/
-# --------------------------------------------------------------------------------------------------
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """A repository root with models/pruned: a pruned tiny GPT-2 and its tokenizer."""
-    monkeypatch.chdir(tmp_path)
-    model = tiny_gpt2()
-    l1_unstructured(model, 0.5)
-    make_permanent(model)
-    model.save_pretrained(paths.model_dir("pruned"))
-    tiny_tokenizer().save_pretrained(paths.model_dir("pruned"))
-    return tmp_path
-
-
-def params(*overrides: str) -> dict:
-    compose("params.yaml", list(overrides), conf_dir=REPO / "conf")
-    return stage_params("quantize")
-
-
-def test_quantize_stage_writes_a_loadable_int8_model(workdir):
-    metrics = quantize(params())
-    target = paths.model_dir("quantized")
-    assert metrics["coverage"] == 1.0 and metrics["int8_params"] == metrics["linear_params"]
-    assert metrics["weights_bytes"] < 0.75 * metrics["input_weights_bytes"]
-    assert metrics["max_abs_logit_diff"] < 0.1 and metrics["argmax_agreement"] >= 0.85
-    assert json.loads(json.dumps(metrics)) == metrics  # plain JSON for metrics/quantize.json
-
-    found = {p.suffix for p in target.rglob("*") if p.is_file()}
-    assert not found & {".bin", ".pt", ".pth", ".pkl", ".pickle"}
-    assert (target / "tokenizer.json").is_file()
-    manifest = json.loads((target / MANIFEST_FILE).read_text())
-    assert manifest["base_model"]["path"] == "models/pruned" and manifest["per_channel"] is True
-    assert isinstance(load_quantized(target).transformer.h[0].attn.c_attn, DynamicQuantizedLinear)
-    assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]
-
-
-def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
-    previous = paths.model_dir("quantized")
-    previous.mkdir(parents=True)
-    (previous / "marker.txt").write_text("previous run")
-
-    with pytest.raises(QuantizationError) as error:
-        quantize(params("quantize.include_lm_head=false"))  # min_coverage 0.95 in conf/
-    message = str(error.value)
-    assert "0.7191" in message and "0.9500" in message
-    assert os.listdir(previous) == ["marker.txt"]
-    assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]  # no temporary left

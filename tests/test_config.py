@@ -64,7 +64,7 @@ def edited(tmp_path: Path, section: str, key: str, value) -> Path:
         ("prune", "gate.max_ppl_ratio", 0.5, "'prune.gate.max_ppl_ratio': 0.5 (expected a value >= 1.0)"),
         ("distill", "kd.temperature", 0, "'distill.kd.temperature': 0.0 (expected a value > 0.0 and <= 100.0)"),
         ("prune", "recovery.max_steps", -1, "'prune.recovery.max_steps': -1 (expected a value >= 0)"),
-        ("quantize", "method", "int3", "'quantize.method': 'int3' (expected one of dynamic_int8)"),
+        ("quantize", "method", "int3", "'quantize.method': 'int3' (expected one of dynamic_int8, onnx_int8, bf16)"),
         ("quantize", "per_channel", "yes", "'quantize.per_channel': 'yes' (expected true or false)"),
         ("pretrain", "max_steps", 2.5, "'pretrain.max_steps': 2.5 (expected an integer)"),
         ("preprocess", "label_words", " positive", "(expected a list of str)"),

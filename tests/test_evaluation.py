@@ -186,7 +186,8 @@ def layout(tmp_path, monkeypatch):
     paths.METRICS.mkdir()
     (paths.METRICS / "preprocess.json").write_text(json.dumps({"bow_baseline_accuracy": 0.61,
                                                                "majority_accuracy": 0.5}))
-    compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]"],
+    compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]",
+                                       "evaluate.precision=fp32"],  # auto may pick bf16: ppl compared to fp32 below
             conf_dir=REPO / "conf")
     return tmp_path
 
@@ -213,6 +214,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
                                "latency_seq_len": 16, "throughput_batch": 4}
     assert results["baselines"] == {"bag_of_words": {"accuracy": 0.61}, "majority": {"accuracy": 0.5}}
     assert results["environment"]["threads"] == 2
+    assert results["environment"]["precision"]["precision"] == "fp32"
+    assert {row["precision"] for row in results["models"].values()} == {"fp32"}
 
     records = json.loads((layout / "plots" / "pareto.json").read_text())
     assert [r["model"] for r in records] == ["general", "teacher", "student", "pruned"]
@@ -230,7 +233,7 @@ def test_missing_models_stop_before_any_work(layout, monkeypatch):
     shutil.rmtree(paths.model_dir("student"))
     shutil.rmtree(paths.model_dir("pruned"))
     loaded = []
-    monkeypatch.setattr(evaluate_module, "load_model", lambda name: loaded.append(name))
+    monkeypatch.setattr(evaluate_module, "load_model", lambda name, threads=None: loaded.append(name))
     with pytest.raises(DataError) as excinfo:
         run_stage()
     message = str(excinfo.value)
@@ -250,7 +253,7 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     int8 = torch.ao.quantization.quantize_dynamic(tiny_gpt2(), {nn.Linear}, dtype=torch.qint8)
     calls = []
-    fake = SimpleNamespace(load_quantized=lambda path: calls.append(Path(path)) or int8)
+    fake = SimpleNamespace(load_quantized=lambda path, threads=None: calls.append(Path(path)) or int8)
     monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
     assert evaluate_module.load_model("quantized") is int8
     assert calls == [Path("models/quantized")]
@@ -261,3 +264,32 @@ def test_unknown_model_name_is_a_config_error(layout):
     params["evaluate"].models = ["teacher", "distilled"]
     with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
         evaluate_module.evaluate(params)
+
+
+def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
+    """quantize.method=onnx_int8: evaluate measures models/quantized as an ORT session, same metrics."""
+    from lmforge.compression import quantize
+    from lmforge.compression.onnx_int8 import OnnxCausalLM
+    from lmforge.config import QuantizeConfig
+
+    cfg = QuantizeConfig(method="onnx_int8", per_channel=True, include_lm_head=True, min_coverage=0.95,
+                         calibration_blocks=0, check_max_blocks=4, check_max_examples=4, task_model=False)
+    pruned = GPT2LMHeadModel.from_pretrained(paths.model_dir("pruned"))
+    with torch.no_grad():  # as after training: no two layer norms alike (the exporter merges equal constants)
+        for p in pruned.parameters():
+            if p.dim() == 1:
+                p.add_(0.05 * torch.randn_like(p))
+    pruned.save_pretrained(paths.model_dir("pruned"))
+    paths.model_dir("quantized").mkdir()
+    quantize.quantize_to(pruned, paths.model_dir("quantized"), cfg)
+    assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxCausalLM)
+    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[pruned,quantized]", "evaluate.precision=fp32"],
+            conf_dir=REPO / "conf")
+    run_stage()
+    models = json.loads((layout / "metrics" / "evaluate.json").read_text())["models"]
+    fp32, int8 = models["pruned"], models["quantized"]
+    assert int8["precision"] == "onnx_int8" and fp32["precision"] == "fp32"
+    assert int8["parameters"] == fp32["parameters"]
+    assert int8["bytes_on_disk"] < fp32["bytes_on_disk"]
+    assert int8["ppl_general"] == pytest.approx(fp32["ppl_general"], rel=0.05)
+    assert int8["latency_p50_ms"] > 0 and int8["tokens_per_s"] > 0

@@ -137,8 +137,10 @@ class TrainConfig:
     eval_steps: int = spec(ge=1)
     save_steps: int = spec(ge=1)  # checkpoints for resuming a killed run
     eval_max_examples: int = spec(ge=1)  # cap on validation examples per evaluation
-    # Speed switches (GPU); the defaults are the CPU's best: fp32, SDPA attention, plain AdamW, eager mode.
-    precision: str = spec(choices=("fp32", "bf16"))  # bf16: autocast mixed precision (slow on CPUs without bf16 units)
+    # Speed switches; precision auto measures, the others default to the CPU's best: SDPA, plain AdamW, eager.
+    # auto: bf16 on a GPU, on a CPU only if a start-up probe measures it faster (lmforge.hardware);
+    # bf16 / fp16: autocast mixed precision, forced (fp16 needs a GPU)
+    precision: str = spec(choices=("auto", "fp32", "bf16", "fp16"))
     attn_implementation: str = spec(choices=("sdpa", "eager", "flash_attention_2"))
     optim: str = spec(choices=("adamw_torch", "adamw_torch_fused"))
     torch_compile: bool = spec()
@@ -215,15 +217,21 @@ class PruneConfig:
 
 @dataclass
 class QuantizeConfig:
-    method: str = spec(choices=("dynamic_int8",))
-    per_channel: bool = spec()  # one scale per output channel rather than per tensor
-    include_lm_head: bool = spec()
-    min_coverage: float = spec(ge=0.0, le=1.0)  # int8 linear parameters / all linear parameters
+    # dynamic_int8: torch, int8 linear layers; onnx_int8: ONNX Runtime; bf16: weights stored and run in bf16
+    method: str = spec(choices=("dynamic_int8", "onnx_int8", "bf16"))
+    per_channel: bool = spec()  # one scale per output channel rather than per tensor (int8 methods)
+    include_lm_head: bool = spec()  # dynamic_int8 (onnx_int8 always quantizes the head, bf16 casts it)
+    min_coverage: float = spec(ge=0.0, le=1.0)  # quantized weight parameters / all weight-matrix parameters
+    calibration_blocks: int = spec(ge=0)  # onnx_int8: 0 dynamic activations; N static QDQ on N train blocks
+    check_max_blocks: int = spec(ge=1)  # validation LM blocks for the loss check against the input model
+    check_max_examples: int = spec(ge=1)  # validation task examples for the accuracy check
+    task_model: bool = spec()  # also export the task-only model (last position, label rows of the head)
 
 
 @dataclass
 class EvaluateConfig:
     models: list[str] = spec()  # which models of the chain, in order
+    precision: str = spec(choices=("auto", "fp32", "bf16", "fp16"))  # of the fp32 models (int8 run their own)
     threads: int = spec(ge=1, le=256)  # torch threads for latency and throughput
     max_lm_blocks: int = spec(ge=1)  # perplexity on at most this many test blocks per corpus
     max_task_examples: int = spec(ge=1)

@@ -140,8 +140,8 @@ def save_lowrank(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, A
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = [{"name": name, "in_features": m.in_features, "out_features": m.out_features, "rank": m.rank,
                "bias": m.up.bias is not None} for name, m in factored_layers(model).items()]
-    save_file(_state(model), out_dir / WEIGHTS_FILE,
-              metadata={"format": "lmforge-lowrank", "format_version": str(FORMAT_VERSION)})
+    # one metadata key: with two, their order (and the file's bytes) changed between runs (see dynamic_int8)
+    save_file(_state(model), out_dir / WEIGHTS_FILE, metadata={"format": f"lmforge-lowrank-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "layers": layers})
     model.config.save_pretrained(out_dir)

@@ -1,339 +1,126 @@
-"""Dynamic INT8 quantization on CPU, saved without pickle, with its own loader.
+"""The quantize methods behind one interface, and the loader of any quantized folder.
 
-Weights of the linear layers are stored as int8 (per output channel or per tensor); activations are
-quantized on the fly at each matmul. `torch.ao.quantization.quantize_dynamic` only swaps `nn.Linear`,
-so GPT-2's Conv1D layers are converted to `nn.Linear` first; otherwise only the LM head would be
-quantized.
+One module per backend:
+    dynamic_int8   torch dynamic int8 of the linear layers; safetensors + JSON, its own loader
+    onnx_int8      ONNX export, ONNX Runtime int8 (dynamic, or static QDQ), run by an InferenceSession
+    bf16           weights stored and run in bfloat16; a plain save_pretrained folder
 
-Saved folder (models/quantized), read by `load_quantized` (safetensors and JSON only):
-    config.json              the fp32 architecture (`config.save_pretrained`)
-    model_int8.safetensors   float tensors of the model under their state_dict names (embeddings,
-                             layer norms, ...), and for each quantized linear `<name>`:
-                             `<name>.weight.int8` (int8), `<name>.weight.scales` (float64),
-                             `<name>.weight.zero_points` (int64), `<name>.weight.axis` (per channel
-                             only, 0-d int64) and `<name>.bias` (float, when the layer has one)
-    quantization.json        manifest: format_version, method, per_channel, modules (name, scheme,
-                             bias), coverage, base model reference
-    tokenizer files          saved by the caller
+Every folder carries quantization.json (method, coverage, ...); `load_quantized` reads it and returns a
+model with the interface of lmforge's metrics (`model(input_ids=, attention_mask=).logits`).
+The stage itself (load -> quantize -> check -> save atomically -> metrics) is stages/quantize.py.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-import math
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lmforge import paths
-from lmforge.artifacts import atomic_dir, dir_bytes, read_json, write_json
-from lmforge.compression.linear import conv1d_to_linear, linear_layers
+from lmforge.artifacts import read_json, write_json
 from lmforge.config import QuantizeConfig
-from lmforge.errors import DataError, LmforgeError
-from lmforge.modeling.checks import check_finite, load_model
+from lmforge.errors import ConfigError, DataError, LmforgeError
 
-log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-METHOD = "dynamic_int8"
 MANIFEST_FILE = "quantization.json"
-# Not model.safetensors: `from_pretrained` on this folder must fail rather than load int8 tensors as fp32.
-WEIGHTS_FILE = "model_int8.safetensors"
-PER_CHANNEL, PER_TENSOR = "per_channel", "per_tensor"
+METHODS = ("dynamic_int8", "onnx_int8", "bf16")
 
 
 class QuantizationError(LmforgeError):
     """The quantized model does not meet the configured requirements (coverage)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Quantization and coverage
-# --------------------------------------------------------------------------------------------------
+def check_config(cfg: QuantizeConfig) -> None:
+    """Options that only one method understands, refused before any work."""
+    if cfg.calibration_blocks and cfg.method != "onnx_int8":
+        raise ConfigError(f"invalid value for 'quantize.calibration_blocks': {cfg.calibration_blocks} "
+                          f"(static calibration is for method onnx_int8; {cfg.method} needs 0)")
 
 
-def _output_layer_name(model: nn.Module) -> str | None:
-    head = model.get_output_embeddings()
-    return next((name for name, module in model.named_modules() if module is head), None)
+def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
+                calibration_blocks: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+    """Quantize `model` (left as it is) by `cfg.method` and write the folder `out_dir` (without the
+    tokenizer); returns the coverage report, also stored in the manifest."""
+    base = {"model_type": model.config.model_type}
+    if cfg.method == "dynamic_int8":
+        from lmforge.compression import dynamic_int8
+
+        quantized, report = dynamic_int8.quantize_dynamic_int8(model, per_channel=cfg.per_channel,
+                                                               include_lm_head=cfg.include_lm_head)
+        dynamic_int8.save_quantized(quantized, out_dir, manifest={
+            "method": cfg.method, "per_channel": cfg.per_channel, "include_lm_head": cfg.include_lm_head,
+            "coverage": report, "base_model": base})
+        return report
+    if cfg.method == "onnx_int8":
+        from lmforge.compression import onnx_int8
+
+        fp32 = out_dir / "fp32.onnx.tmp"
+        onnx_int8.export_onnx(model, fp32, max_len=_context_length(model))
+        try:
+            report = onnx_int8.quantize_onnx(fp32, out_dir / onnx_int8.MODEL_FILE, per_channel=cfg.per_channel,
+                                             calibration_blocks=calibration_blocks[: cfg.calibration_blocks])
+        finally:
+            fp32.unlink(missing_ok=True)
+        model.config.save_pretrained(out_dir)  # the shape, for the loader and evaluate (read as JSON)
+    elif cfg.method == "bf16":
+        from lmforge.compression import bf16
+
+        quantized, report = bf16.to_bf16(model)
+        bf16.save(quantized, out_dir)
+    else:  # pragma: no cover - the config schema allows only METHODS
+        raise ConfigError(f"unknown quantize.method {cfg.method!r}")
+    write_json(out_dir / MANIFEST_FILE, {"format_version": 1, "method": cfg.method, "per_channel": cfg.per_channel,
+                                         "coverage": report, "base_model": base})
+    return report
 
 
-def _quantize_modules(model: nn.Module, schemes: dict[str, str]) -> None:
-    """Swap the named nn.Linear modules of `model` in place for dynamic int8 ones."""
-    qconfigs = {PER_CHANNEL: per_channel_dynamic_qconfig, PER_TENSOR: default_dynamic_qconfig}
-    quantize_dynamic(model, {name: qconfigs[scheme] for name, scheme in schemes.items()},
-                     dtype=torch.qint8, inplace=True)
+def _context_length(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
 
 
-def _quantized_linears(model: nn.Module) -> dict[str, DynamicQuantizedLinear]:
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, DynamicQuantizedLinear)}
+def weights_bytes(path: str | Path) -> int:
+    """Bytes of a model folder's weights: safetensors or model.onnx (not the task-only task.onnx)."""
+    files = [p for p in Path(path).rglob("*") if p.is_file()
+             and (p.suffix == ".safetensors" or p.name == "model.onnx")]
+    return sum(p.stat().st_size for p in files)
 
 
-def _coverage(model: nn.Module, linear_params: dict[str, int], per_channel: bool) -> dict[str, Any]:
-    """Which linear-like layers of `model` really hold int8 weights, weighted by parameter count."""
-    modules = []
-    for name, params in linear_params.items():
-        module = model.get_submodule(name)
-        if isinstance(module, DynamicQuantizedLinear):
-            dtype = module.weight().dtype
-        else:
-            dtype = module.weight.dtype
-        modules.append({"name": name, "params": params, "dtype": str(dtype).removeprefix("torch.")})
-    int8_params = sum(m["params"] for m in modules if m["dtype"] == "qint8")
-    total = sum(linear_params.values())
-    return {
-        "coverage": int8_params / total if total else 0.0,
-        "int8_params": int8_params,
-        "linear_params": total,
-        "dtype": "qint8",
-        "per_channel": per_channel,
-        "modules": modules,
-    }
-
-
-def quantize_dynamic_int8(model: nn.Module, *, per_channel: bool,
-                          include_lm_head: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """A dynamic-int8 copy of `model` (the input is left as it is) and its coverage report.
-
-    The block linear layers (Conv1D converted to nn.Linear first) and, if `include_lm_head`, the LM
-    head are quantized; the head's tied embedding stays fp32. Coverage = int8 weights / weights of
-    all linear-like layers of the model, LM head included, measured on the quantized model.
-    """
-    model = conv1d_to_linear(copy.deepcopy(model)).eval()
-    linear_params = {name: m.weight.numel() for name, m in linear_layers(model, blocks_only=False).items()}
-    targets = list(linear_layers(model, blocks_only=True))
-    head = _output_layer_name(model)
-    if include_lm_head and head is not None and isinstance(model.get_submodule(head), nn.Linear):
-        targets.append(head)
-    _quantize_modules(model, dict.fromkeys(targets, PER_CHANNEL if per_channel else PER_TENSOR))
-    return model, _coverage(model, linear_params, per_channel)
-
-
-# --------------------------------------------------------------------------------------------------
-# Saving and loading (safetensors + JSON, no pickle)
-# --------------------------------------------------------------------------------------------------
-
-
-def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict entries outside the quantized layers, each storage once (tied: under its first name)."""
-    quantized = tuple(f"{name}." for name in _quantized_linears(model))
-    state: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, value in model.state_dict().items():
-        if key.startswith(quantized) or not isinstance(value, torch.Tensor):
-            continue
-        if value.numel() and value.data_ptr() in seen:  # lm_head.weight tied to wte: the loader re-ties it
-            continue
-        seen.add(value.data_ptr())
-        state[key] = value
-    return state
-
-
-def _weight_scheme(weight: torch.Tensor) -> str:
-    per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-    return PER_CHANNEL if per_channel else PER_TENSOR
-
-
-def save_quantized(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, Any]) -> None:
-    """Write a dynamic-quantized model as config.json + model_int8.safetensors + quantization.json.
-
-    `manifest` (method, coverage, base model reference, ...) is stored in quantization.json, with the
-    format version and the list of quantized modules added here.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = dict(_float_state(model))
-    modules = []
-    for name, module in _quantized_linears(model).items():
-        weight = module.weight()
-        scheme = _weight_scheme(weight)
-        tensors[f"{name}.weight.int8"] = weight.int_repr()
-        if scheme == PER_CHANNEL:
-            tensors[f"{name}.weight.scales"] = weight.q_per_channel_scales()
-            tensors[f"{name}.weight.zero_points"] = weight.q_per_channel_zero_points()
-            tensors[f"{name}.weight.axis"] = torch.tensor(weight.q_per_channel_axis())
-        else:
-            tensors[f"{name}.weight.scales"] = torch.tensor(weight.q_scale(), dtype=torch.float64)
-            tensors[f"{name}.weight.zero_points"] = torch.tensor(weight.q_zero_point())
-        bias = module.bias()
-        if bias is not None:
-            tensors[f"{name}.bias"] = bias.detach()
-        modules.append({"name": name, "scheme": scheme, "bias": bias is not None})
-    save_file({key: value.contiguous() for key, value in tensors.items()}, out_dir / WEIGHTS_FILE,
-              # one key: safetensors keeps metadata in a Rust HashMap, so with two keys their order (and the
-              # file's bytes) changed from run to run; the version is also in quantization.json
-              metadata={"format": f"lmforge-dynamic-int8-v{FORMAT_VERSION}"})
-    write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
-                                         "weights_file": WEIGHTS_FILE, "modules": modules})
-    model.config.save_pretrained(out_dir)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest_path = path / MANIFEST_FILE
+def method_of(path: str | Path) -> str:
+    """The method named by a quantized folder's manifest; DataError naming the file if unreadable."""
+    manifest_path = Path(path) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path}: missing; {path} is not a quantized model folder of lmforge")
     try:
-        manifest = read_json(manifest_path)
-    except ValueError as exc:
-        raise DataError(f"{manifest_path}: not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise DataError(f"{manifest_path}: format_version {version!r}, this loader reads {FORMAT_VERSION}")
-    modules = manifest.get("modules")
-    if (manifest.get("method") != METHOD or not isinstance(modules, list)
-            or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
-                       and m.get("scheme") in (PER_CHANNEL, PER_TENSOR) and isinstance(m.get("bias"), bool)
-                       for m in modules)):
-        raise DataError(f"{manifest_path}: expected method '{METHOD}' and a list of modules "
-                        "with name, scheme (per_channel/per_tensor) and bias")
-    return manifest
+        method = read_json(manifest_path).get("method")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{manifest_path}: not a JSON object: {exc}") from exc
+    if method not in METHODS:
+        raise DataError(f"{manifest_path}: method {method!r}, expected one of {', '.join(METHODS)}")
+    return method
 
 
-def _quantized_weight(tensors: dict[str, torch.Tensor], name: str, scheme: str) -> torch.Tensor:
-    int8, scales, zero_points = (tensors[f"{name}.weight.{part}"]
-                                 for part in ("int8", "scales", "zero_points"))
-    if scheme == PER_CHANNEL:
-        axis = int(tensors[f"{name}.weight.axis"])
-        return torch._make_per_channel_quantized_tensor(int8, scales, zero_points, axis)
-    return torch._make_per_tensor_quantized_tensor(int8, float(scales), int(zero_points))
-
-
-def load_quantized(path: str | Path) -> nn.Module:
-    """Load a model written by `save_quantized`; reads only JSON and safetensors.
-
-    Rebuilds the fp32 architecture from config.json, converts Conv1D to nn.Linear, swaps the modules
-    listed in the manifest for dynamic int8 ones, then fills every tensor from the safetensors file.
-    Raises DataError naming the file if anything is missing or does not match.
-    """
+def load_quantized(path: str | Path, threads: int | None = None) -> Any:
+    """Load any folder written by the quantize stage, in its own runtime (ONNX: an ORT session with
+    `threads` intra-op threads; int8 torch: dynamic-quantized modules; bf16: a bf16 model)."""
     path = Path(path)
-    manifest = _read_manifest(path)
-    config_path, weights_path = path / "config.json", path / manifest.get("weights_file", WEIGHTS_FILE)
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise DataError(f"{required}: missing from the quantized model folder {path}")
+    method = method_of(path)
+    if method == "dynamic_int8":
+        from lmforge.compression.dynamic_int8 import load_quantized as load_int8
+
+        return load_int8(path)
+    if method == "onnx_int8":
+        from lmforge.compression.onnx_int8 import OnnxCausalLM
+
+        return OnnxCausalLM(path, threads=threads)
+    from lmforge.compression import bf16
+
+    return bf16.load(path)
+
+
+def manifest(path: str | Path) -> dict[str, Any]:
     try:
-        config = AutoConfig.from_pretrained(path)
+        return json.loads((Path(path) / MANIFEST_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(f"{config_path}: cannot be read as a model config: {exc}") from exc
-
-    model = conv1d_to_linear(AutoModelForCausalLM.from_config(config)).eval()
-    specs = {m["name"]: m for m in manifest["modules"]}
-    linears = linear_layers(model, blocks_only=False)
-    unknown = [name for name in specs if not isinstance(linears.get(name), nn.Linear)]
-    if unknown:
-        raise DataError(f"{path / MANIFEST_FILE}: modules not linear layers of the {config.model_type} "
-                        f"architecture in {config_path}: {', '.join(unknown)}")
-    _quantize_modules(model, {name: spec["scheme"] for name, spec in specs.items()})
-
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{weights_path}: cannot be read as safetensors: {exc}; it is produced by "
-                        "`dvc repro quantize`") from exc
-    check_finite(tensors, f"{weights_path} (written by `dvc repro quantize`)")
-    floats = _float_state(model)
-    expected = set(floats)
-    for name, spec in specs.items():
-        expected |= {f"{name}.weight.{part}" for part in ("int8", "scales", "zero_points")}
-        expected |= {f"{name}.weight.axis"} if spec["scheme"] == PER_CHANNEL else set()
-        expected |= {f"{name}.bias"} if spec["bias"] else set()
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise DataError(f"{weights_path}: does not match {path / MANIFEST_FILE} and {config_path}: "
-                        f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-
-    with torch.no_grad():
-        for key, target in floats.items():
-            if tensors[key].shape != target.shape:
-                raise DataError(f"{weights_path}: '{key}' has shape {tuple(tensors[key].shape)}, "
-                                f"the architecture expects {tuple(target.shape)}")
-            target.copy_(tensors[key])
-        for name, module in _quantized_linears(model).items():
-            weight = _quantized_weight(tensors, name, specs[name]["scheme"])
-            has_bias = module.bias() is not None
-            if (weight.dtype != torch.qint8 or weight.shape != module.weight().shape
-                    or has_bias != specs[name]["bias"]):
-                raise DataError(f"{weights_path}: '{name}' does not match the architecture in {config_path}")
-            module.set_weight_bias(weight, tensors.get(f"{name}.bias"))
-    return model
-
-
-# --------------------------------------------------------------------------------------------------
-# The quantize stage
-# --------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _logit_agreement(reference: nn.Module, quantized: nn.Module, seed: int) -> dict[str, float]:
-    """Max |logit difference| and argmax agreement on a fixed random token batch: a sanity number."""
-    config = reference.config
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, config.vocab_size, (2, min(64, config.max_position_embeddings)),
-                           generator=generator)
-    expected, actual = reference(tokens).logits, quantized(tokens).logits
-    return {
-        "max_abs_logit_diff": float((expected - actual).abs().max()),
-        "argmax_agreement": float((expected.argmax(-1) == actual.argmax(-1)).float().mean()),
-    }
-
-
-def quantize(params: dict[str, Any]) -> dict[str, Any]:
-    """The quantize stage: models/pruned -> dynamic int8 -> models/quantized; returns its metrics.
-
-    Fails with QuantizationError, writing nothing, if the int8 coverage is below
-    `quantize.min_coverage`.
-    """
-    cfg: QuantizeConfig = params["quantize"]
-    source, target = paths.model_dir("pruned"), paths.model_dir("quantized")
-    if not (source / "config.json").is_file():
-        raise DataError(f"{source}: no model found (its config.json is missing); run `dvc repro prune` first")
-    model = load_model(source, "prune").eval()  # safetensors only, finite weights
-    tokenizer = AutoTokenizer.from_pretrained(source)
-
-    quantized, coverage = quantize_dynamic_int8(model, per_channel=cfg.per_channel,
-                                                include_lm_head=cfg.include_lm_head)
-    if coverage["coverage"] < cfg.min_coverage:
-        raise QuantizationError(
-            f"int8 coverage {coverage['coverage']:.4f} ({coverage['int8_params']} of "
-            f"{coverage['linear_params']} linear parameters) is below quantize.min_coverage "
-            f"{cfg.min_coverage:.4f} (include_lm_head={cfg.include_lm_head}); nothing written to {target}")
-    log.info("int8 coverage %.4f (%d of %d linear parameters)", coverage["coverage"],
-             coverage["int8_params"], coverage["linear_params"])
-
-    manifest = {
-        "method": cfg.method,
-        "per_channel": cfg.per_channel,
-        "include_lm_head": cfg.include_lm_head,
-        "coverage": coverage,
-        "base_model": {"path": source.as_posix(), "config": "config.json",
-                       "model_type": model.config.model_type},
-    }
-    with atomic_dir(target) as out:  # swapped in only once it has loaded back and been measured
-        save_quantized(quantized, out, manifest=manifest)
-        tokenizer.save_pretrained(out)
-        # measured on the model as saved, so the numbers also prove the artifact loads
-        reloaded = load_quantized(out)
-        weights_bytes, input_bytes = dir_bytes(out), dir_bytes(source)
-        agreement = _logit_agreement(model, reloaded, params["seed"])
-        if not all(math.isfinite(v) for v in agreement.values()):
-            raise QuantizationError(f"the int8 model's logits are not finite ({agreement}); "
-                                    f"nothing written to {target}")
-    return {
-        "method": cfg.method,
-        "per_channel": cfg.per_channel,
-        "include_lm_head": cfg.include_lm_head,
-        "coverage": coverage["coverage"],
-        "int8_params": coverage["int8_params"],
-        "linear_params": coverage["linear_params"],
-        "weights_bytes": weights_bytes,
-        "input_weights_bytes": input_bytes,
-        "bytes_ratio": weights_bytes / input_bytes,
-        **agreement,
-    }
+        raise DataError(f"{Path(path) / MANIFEST_FILE}: cannot be read: {exc}") from exc

@@ -14,8 +14,9 @@ import torch
 import transformers
 from torch import nn
 
-from lmforge import paths
-from lmforge.artifacts import dir_bytes, read_json
+from lmforge import hardware, paths
+from lmforge.artifacts import read_json
+from lmforge.compression.quantize import weights_bytes
 from lmforge.config import MODEL_NAMES, EvaluateConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
@@ -49,28 +50,18 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     baselines = _baselines()  # read up front: a broken file should fail before minutes of measuring
 
     env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
+    # fp32 models run in this precision (auto: measured); quantized ones in their own dtype and runtime
+    width = max(_width(read_json(paths.model_dir(name) / "config.json")) for name in cfg.models)
+    env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)  # widest model
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(cfg.models, start=1):
         log.info("evaluate [%d/%d] %s: loading %s", i, len(cfg.models), name, paths.model_dir(name))
-        model = load_model(name)
-        model_config = read_json(paths.model_dir(name) / "config.json")
-        _check_seq_len(name, model_config, [general, domain, prompts], cfg.latency_seq_len)
-        vocab_size = model_config["vocab_size"]
-        row: dict[str, Any] = dict(metrics.count_parameters(model))
-        row["bytes_on_disk"] = dir_bytes(paths.model_dir(name))
-        row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
-        row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
-        row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
-        lat = metrics.latency(model, cfg.latency_seq_len, cfg.latency_warmup, cfg.latency_runs,
-                              vocab_size, threads=cfg.threads, seed=seed)
-        row["latency_p50_ms"], row["latency_p90_ms"] = lat["p50_ms"], lat["p90_ms"]
-        row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
-                                                 cfg.throughput_runs, vocab_size, threads=cfg.threads,
-                                                 seed=seed)
-        results[name] = row
-        log.info("evaluate [%d/%d] %s: ppl general %.2f, ppl domain %.2f, accuracy %.3f, p50 %.2f ms, "
-                 "%.0f tokens/s", i, len(cfg.models), name, row["ppl_general"], row["ppl_domain"],
-                 row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
+        model = load_model(name, threads=cfg.threads)
+        # the quantized model runs in its own dtype and runtime: its row names the method
+        precision = quantized_method(name) or env["precision"]["precision"]
+        with hardware.autocast(precision):
+            results[name] = _measure(name, model, cfg, general, domain, prompts, labels, label_token_ids, seed)
+        results[name]["precision"] = precision
         del model
 
     _add_relative(results)
@@ -84,18 +75,54 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
+             labels: list, label_token_ids: list[int], seed: int) -> dict[str, Any]:
+    """One row of the report: size, perplexities, accuracy, latency, throughput of `model`."""
+    model_config = read_json(paths.model_dir(name) / "config.json")
+    _check_seq_len(name, model_config, [general, domain, prompts], cfg.latency_seq_len)
+    vocab_size = model_config["vocab_size"]
+    row: dict[str, Any] = dict(metrics.count_parameters(model))
+    row["bytes_on_disk"] = weights_bytes(paths.model_dir(name))
+    row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
+    row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
+    row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
+    lat = metrics.latency(model, cfg.latency_seq_len, cfg.latency_warmup, cfg.latency_runs,
+                          vocab_size, threads=cfg.threads, seed=seed)
+    row["latency_p50_ms"], row["latency_p90_ms"] = lat["p50_ms"], lat["p90_ms"]
+    row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
+                                             cfg.throughput_runs, vocab_size, threads=cfg.threads,
+                                             seed=seed)
+    log.info("evaluate %s: ppl general %.2f, ppl domain %.2f, accuracy %.3f, p50 %.2f ms, "
+             "%.0f tokens/s", name, row["ppl_general"], row["ppl_domain"],
+             row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
+    return row
+
+
+def _width(model_config: dict) -> int:
+    return int(model_config.get("n_embd") or model_config.get("hidden_size") or 512)
+
+
+def quantized_method(name: str) -> str | None:
+    if name != "quantized":
+        return None
+    from lmforge.compression.quantize import method_of
+
+    return method_of(paths.model_dir(name))
+
+
 PRODUCERS = {"general": "pretrain", "teacher": "finetune", "student": "distill", "pruned": "prune"}
 
 
-def load_model(name: str) -> nn.Module:
-    """A model folder of the chain, in fp32 and eval mode; the int8 and low-rank models through their loaders."""
+def load_model(name: str, threads: int | None = None) -> nn.Module:
+    """A model folder of the chain, in fp32 and eval mode; the quantized and low-rank models through their own
+    loaders, the quantized one in its own runtime (ONNX Runtime with `threads` threads, torch int8, bf16)."""
     from lmforge.compression import lowrank  # only a factored model needs it
 
     path = paths.model_dir(name)
     if name == "quantized":
         from lmforge.compression.quantize import load_quantized  # only this model needs it
 
-        model = load_quantized(path)
+        model = load_quantized(path, threads=threads)
     elif lowrank.is_lowrank(path):
         model = lowrank.load_lowrank(path)
     else:

@@ -2,8 +2,9 @@
 
 Pure functions of a model and token ids. A model is anything whose
 `forward(input_ids=..., attention_mask=...)` returns an object with `.logits` of shape
-(batch, seq, vocab), like `GPT2LMHeadModel` or the int8 model of `load_quantized`. Everything runs
-in fp32 under `torch.inference_mode()` with the model in eval mode.
+(batch, seq, vocab), like `GPT2LMHeadModel` or any model of `load_quantized` (torch int8, bf16, or an
+ONNX Runtime session). Runs under `torch.inference_mode()` with the model in eval mode, in the model's own
+dtype (the caller may add autocast); logits are compared in fp32.
 """
 
 from __future__ import annotations
@@ -105,8 +106,20 @@ def _weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 yield prefix + name, tensor
 
 
+def _onnx_counts(model) -> dict[str, int]:
+    """The same counts from an ONNX model's weight initializers (int8: a value at the zero point is a zero)."""
+    total = non_embedding = nonzero = 0
+    for _, values, zero_point, embedding in model.weight_arrays():
+        total += values.size
+        nonzero += int(np.count_nonzero(values != zero_point))
+        non_embedding += 0 if embedding else values.size
+    return {"parameters": total, "non_embedding_parameters": non_embedding, "nonzero_parameters": nonzero}
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Total, non-embedding (without wte / wpe / embed_tokens) and non-zero parameters, int8 weights included."""
+    if hasattr(model, "weight_arrays"):  # an ONNX model (lmforge.compression.onnx_int8.OnnxCausalLM)
+        return _onnx_counts(model)
     total = non_embedding = nonzero = 0
     with torch.inference_mode():
         for name, tensor in _weight_tensors(model):

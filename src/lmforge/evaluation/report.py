@@ -62,9 +62,16 @@ def summary_markdown(results: dict[str, Any]) -> str:
               f"accuracy on {data['task_examples']} test examples; latency is one forward pass over "
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}.",
               "", "## Reading", "", reading(results), "", "## Environment", ""]
-    lines += [f"- {key}: {value}" for key, value in env.items()]
+    lines += [f"- {key}: {_env_value(value)}" for key, value in env.items()]
     lines += ["", "![accuracy against size and latency](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def _env_value(value: Any) -> str:
+    """A nested entry (the precision decision and its probe) as `key=value` pairs on one line."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_env_value(v)}" for k, v in value.items() if v is not None)
+    return str(value)
 
 
 def reading(results: dict[str, Any]) -> str:
@@ -101,7 +108,8 @@ def reading(results: dict[str, Any]) -> str:
         out.append(_pruning(models["student"], models["pruned"]))
     if "pruned" in models and "quantized" in models:
         p, q = models["pruned"], models["quantized"]
-        out.append(f"Int8 quantization makes the pruned model {p['bytes_on_disk'] / q['bytes_on_disk']:.2f}x "
+        out.append(f"Quantization ({q.get('precision', 'int8')}) makes the pruned model "
+                   f"{p['bytes_on_disk'] / q['bytes_on_disk']:.2f}x "
                    f"smaller on disk and {p['latency_p50_ms'] / q['latency_p50_ms']:.2f}x as fast at p50, "
                    f"with accuracy {p['accuracy']:.3f} -> {q['accuracy']:.3f}.")
     out.append(f"Latencies are single-machine measurements; differences under {NOISE:.0%} are within noise, "

@@ -40,7 +40,7 @@ from transformers import (
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from lmforge import paths
+from lmforge import hardware, paths
 from lmforge.artifacts import atomic_dir, replace_dir, write_json
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
@@ -164,12 +164,18 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes: int = 1) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes: int = 1,
+                       precision: str | None = None) -> TrainingArguments:
+    """`precision`: the resolved one (lmforge.hardware.choose_precision); None: cfg.precision, which must
+    then not be auto."""
     if cfg.batch_size % processes:
         raise ConfigError(f"params.yaml: batch_size={cfg.batch_size} is the global batch and must be divisible "
                           f"by the number of processes ({processes})")
     per_device = cfg.batch_size // processes
     cuda = torch.cuda.is_available()
+    precision = precision or cfg.precision
+    if precision == "auto":
+        raise ValueError("training_arguments needs a resolved precision: use lmforge.hardware.choose_precision")
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -196,7 +202,8 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes:
         report_to="none",  # DVCLive is attached explicitly, so it never rewrites dvc.yaml
         use_cpu=not cuda,
         ddp_backend="gloo" if processes > 1 and not cuda else None,
-        bf16=cfg.precision == "bf16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         optim=cfg.optim,
         torch_compile=cfg.torch_compile,
     )
@@ -387,7 +394,9 @@ def fit(
     that checkpoint's (bit for bit the model the run saved), and the metrics are the whole run's.
     """
     processes = world_size()
-    args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes)
+    # auto: measured at the model's width (each rank measures for itself)
+    precision = hardware.choose_precision(cfg.precision, kind="training", width=model.config.hidden_size)
+    args = training_arguments(cfg, paths.CHECKPOINTS / stage, seed, processes, precision["precision"])
     _ = args.device  # sets up the Trainer's PartialState: under a launcher, the process group (gloo on CPU)
     state = PartialState()
     lock = lock_stage(stage) if state.is_main_process else None  # before anything touches the checkpoints
@@ -448,6 +457,7 @@ def fit(
             "train_loss": round(train_loss, 4) if train_loss is not None else None,
             "train_runtime_s": round(seconds, 2) if seconds else None,
             "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+            "precision": precision,
         }
         for name in eval_sets:
             loss = final[f"eval_{name}_loss"]

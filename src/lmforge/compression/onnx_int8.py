@@ -1,0 +1,365 @@
+"""ONNX Runtime INT8: export a causal LM to ONNX, quantize it with ONNX Runtime, run it in an InferenceSession.
+
+    export_onnx(model, "fp32.onnx")                      # torch.onnx.export(dynamo=True); logits out
+    quantize_onnx("fp32.onnx", "model.onnx", per_channel=True)   # dynamic int8 (or static QDQ)
+    OnnxCausalLM("models/quantized")                     # what evaluate runs: model(input_ids=, attention_mask=)
+
+The dynamo exporter is used because the TorchScript one fails on GPT-2. ONNX Runtime's dynamic
+quantization turns every MatMul / Gemm with a constant weight into MatMulInteger (weights int8, activations
+quantized per call). A tied LM head reads the embedding through a runtime Transpose, which no quantizer
+sees, so before quantizing the head gets the transposed embedding as its own constant, and afterwards
+`share_embedding` makes the token lookup read that same int8 matrix (a Gather along its other axis):
+one int8 copy serves both, and the file is about a quarter of fp32.
+
+Saved folder (models/quantized): model.onnx, config.json, quantization.json (method, coverage, ...),
+tokenizer files. Only onnxruntime, numpy and the tokenizer are needed to run it (see `OnnxCausalLM`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+INPUTS, OUTPUT = ("input_ids", "attention_mask"), "logits"
+OPSET = 18
+# Weights of these op types are quantized; Gather is the embedding lookup (an untied one: a tied one is
+# shared with the head by `share_embedding`).
+QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")
+INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8)
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def _logits_module(model: Any) -> Any:
+    import torch
+
+    class Logits(torch.nn.Module):
+        """input_ids, attention_mask -> logits, without the cache and the other outputs."""
+
+        def __init__(self, lm: torch.nn.Module) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    return Logits(model)
+
+
+def export_onnx(module: Any, path: str | Path, *, max_len: int, output_name: str = OUTPUT,
+                wrap_lm: bool = True) -> Path:
+    """Export `module` (a causal LM, or with wrap_lm=False any module of (input_ids, attention_mask)) to
+    one ONNX file with a dynamic batch and sequence length (sequences up to `max_len`)."""
+    import torch
+
+    path = Path(path)
+    module = (_logits_module(module) if wrap_lm else module).eval()
+    example = torch.randint(0, 8, (2, min(8, max_len)))
+    batch, seq = torch.export.Dim("batch", max=4096), torch.export.Dim("seq", max=max_len)
+    with torch.no_grad():
+        program = torch.onnx.export(module, (example, torch.ones_like(example)), dynamo=True,
+                                    input_names=list(INPUTS), output_names=[output_name], opset_version=OPSET,
+                                    dynamic_shapes={"input_ids": {0: batch, 1: seq},
+                                                    "attention_mask": {0: batch, 1: seq}},
+                                    optimize=True, verbose=False)
+    program.save(str(path))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph surgery around the tied embedding
+# --------------------------------------------------------------------------------------------------
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def untie_head(model: onnx.ModelProto) -> str | None:
+    """Give a MatMul that reads Transpose(initializer) a transposed constant of its own, so the
+    quantizer sees it; returns the tied embedding's name (None if the head reads a constant already)."""
+    inits = _initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    tied = None
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] in inits:
+            continue
+        transpose = producers.get(node.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[transpose.input[0]])
+        if weight.ndim != 2:
+            continue
+        name = f"{transpose.input[0]}.T"
+        if name not in inits:
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name))
+            inits = _initializers(model)
+        node.input[1] = name
+        tied = transpose.input[0]
+    used = {name for node in model.graph.node for name in node.input} | {out.name for out in model.graph.output}
+    dead = [node for node in model.graph.node if node.op_type == "Transpose" and not set(node.output) & used]
+    for node in dead:  # the runtime transposes the head no longer reads
+        model.graph.node.remove(node)
+    return tied
+
+
+def share_embedding(model: onnx.ModelProto, embedding: str) -> bool:
+    """Make Gather(embedding, ids) read the int8 transposed head weight `<embedding>.T_quantized`
+    (per-column symmetric int8, as the head's MatMulInteger uses it) and drop the fp32 embedding.
+
+    Gather(W_T, ids, axis=1) -> (D, *ids) int8 -> Cast -> * scale[ids] -> Transpose to (*ids, D).
+    Returns False (graph untouched) if the head weight was not quantized per column with zero point 0.
+    """
+    inits = _initializers(model)
+    q_name = f"{embedding}.T_quantized"
+    scale_name, zp_name = f"{embedding}.T_scale", f"{embedding}.T_zero_point"
+    if q_name not in inits or scale_name not in inits or zp_name not in inits:
+        return False
+    scale = numpy_helper.to_array(inits[scale_name])
+    zero_point = numpy_helper.to_array(inits[zp_name])
+    if scale.ndim != 1 or np.any(zero_point != 0) or inits[q_name].data_type != TensorProto.INT8:
+        return False
+    users = [node for node in model.graph.node if embedding in node.input]
+    if not users or any(node.op_type != "Gather" or node.input[0] != embedding for node in users):
+        return False
+    new_nodes = []
+    for node in model.graph.node:
+        if node not in users:
+            new_nodes.append(node)
+            continue
+        ids, out = node.input[1], node.output[0]
+        tag = f"{node.name or out}_shared"
+        new_nodes += [
+            helper.make_node("Gather", [q_name, ids], [f"{tag}_q"], axis=1, name=f"{tag}_gather"),
+            helper.make_node("Cast", [f"{tag}_q"], [f"{tag}_f"], to=TensorProto.FLOAT, name=f"{tag}_cast"),
+            helper.make_node("Gather", [scale_name, ids], [f"{tag}_s"], axis=0, name=f"{tag}_scale"),
+            helper.make_node("Mul", [f"{tag}_f", f"{tag}_s"], [f"{tag}_dq"], name=f"{tag}_mul"),
+        ]
+        # (D, *ids) -> (*ids, D): rank of ids + 1 axes, the first moved last
+        rank = _rank(model, ids)
+        new_nodes.append(helper.make_node("Transpose", [f"{tag}_dq"], [out], name=f"{tag}_transpose",
+                                          perm=list(range(1, rank + 1)) + [0]))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    kept = [init for init in model.graph.initializer if init.name != embedding]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return True
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int:
+    """Rank of tensor `name` from shape inference (the token ids: 2 for (batch, seq))."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for value in [*inferred.graph.value_info, *inferred.graph.input]:
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            return len(value.type.tensor_type.shape.dim)
+    raise ValueError(f"cannot infer the rank of '{name}' in the exported graph")
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantization and coverage
+# --------------------------------------------------------------------------------------------------
+
+
+class _Blocks:
+    """ONNX Runtime CalibrationDataReader over token blocks (static quantization)."""
+
+    def __init__(self, blocks: Sequence[Sequence[int]]) -> None:
+        self._items: Iterator[dict[str, np.ndarray]] = iter(
+            {"input_ids": np.asarray([b], dtype=np.int64), "attention_mask": np.ones((1, len(b)), dtype=np.int64)}
+            for b in blocks)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool,
+                  calibration_blocks: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+    """Quantize an exported model to int8 and write it to `out_path`; returns its coverage report.
+
+    Without calibration blocks: dynamic quantization (int8 weights, activations quantized per call,
+    MatMulInteger). With them: static QDQ (activation ranges calibrated on those blocks).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    for node in model.graph.node:  # the exporter's per-node stack traces: a third of a small model's file
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    tied = untie_head(model)
+    with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp:
+        untied = Path(tmp) / "untied.onnx"
+        onnx.save(model, str(untied))
+        quantized = Path(tmp) / "int8.onnx"
+        # A tied embedding's lookup is not quantized on its own: it reads the head's int8 copy (below).
+        ops = list(QUANTIZED_OPS)
+        exclude = [node.name for node in model.graph.node if node.op_type == "Gather" and node.input[0] == tied]
+        if calibration_blocks:
+            quantize_static(str(untied), str(quantized), _Blocks(calibration_blocks),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
+                            nodes_to_exclude=exclude, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": True})
+        else:
+            quantize_dynamic(str(untied), str(quantized), op_types_to_quantize=ops, per_channel=per_channel,
+                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8,
+                             extra_options={"WeightSymmetric": True})
+        result = onnx.load(str(quantized))
+    shared = bool(tied) and share_embedding(result, tied)
+    if tied and not shared:
+        log.warning("the tied embedding could not share the head's int8 weight: it stays fp32")
+    onnx.save(result, str(out_path))
+    return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks)}
+
+
+def coverage(model: onnx.ModelProto) -> dict[str, Any]:
+    """Share of the weight matrices' elements (initializers of rank >= 2) stored as int8 in the graph."""
+    int8 = total = 0
+    dtypes: Counter[str] = Counter()
+    for init in model.graph.initializer:
+        if len(init.dims) < 2 or init.data_type not in INT8_TYPES + FLOAT_TYPES:
+            continue
+        n = int(np.prod(init.dims))
+        total += n
+        dtypes[TensorProto.DataType.Name(init.data_type).lower()] += n
+        if init.data_type in INT8_TYPES:
+            int8 += n
+    return {"coverage": int8 / total if total else 0.0, "int8_params": int8, "linear_params": total,
+            "dtype": "int8", "weight_elements_by_dtype": dict(dtypes)}
+
+
+def int8_weight_count(path: str | Path) -> int:
+    """How many int8 / uint8 weight matrices the ONNX file holds."""
+    model = onnx.load(str(path))
+    return sum(1 for init in model.graph.initializer if len(init.dims) >= 2 and init.data_type in INT8_TYPES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------------
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads spin by default and would steal the cores from whatever runs next (torch).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxCausalLM:
+    """An ONNX causal LM behind the interface lmforge's metrics use:
+    `model(input_ids=..., attention_mask=...).logits` (a torch tensor when given torch tensors).
+
+    `config` is the Hugging Face config read from the folder (as a plain namespace: no transformers needed).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, file: str = MODEL_FILE) -> None:
+        import json
+
+        self.path = Path(path)
+        self.config = SimpleNamespace(**json.loads((self.path / "config.json").read_text()))
+        self._threads = threads
+        self._file = file
+        self.session = session(self.path / file, threads)
+
+    def set_threads(self, threads: int) -> None:
+        """ORT fixes its threads when the session is created: recreate it for another count."""
+        if threads != self._threads:
+            self._threads = threads
+            self.session = session(self.path / self._file, threads)
+
+    def eval(self) -> OnnxCausalLM:
+        return self
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None) -> SimpleNamespace:
+        as_torch = not isinstance(input_ids, np.ndarray)
+        ids = np.asarray(input_ids.cpu() if as_torch else input_ids, dtype=np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(
+            attention_mask.cpu() if as_torch else attention_mask, dtype=np.int64)
+        (logits,) = self.session.run([self.session.get_outputs()[0].name],
+                                     {"input_ids": ids, "attention_mask": mask})
+        if as_torch:
+            import torch
+
+            logits = torch.from_numpy(logits)
+        return SimpleNamespace(logits=logits)
+
+    def weight_arrays(self) -> Iterator[tuple[str, np.ndarray, int, bool]]:
+        """(name, stored values, zero point, is an embedding) of every weight initializer (float or int8,
+        rank >= 1; not the exporter's folded constants `val_*` nor the quantizer's scales), for parameter
+        counts. An embedding is what a Gather reads (the tied head's shared int8 matrix included)."""
+        model = onnx.load(str(self.path / self._file))
+        inits = _initializers(model)
+        gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+        for init in model.graph.initializer:
+            name = init.name
+            if (init.data_type not in INT8_TYPES + FLOAT_TYPES or not init.dims or name.startswith("val_")
+                    or name.endswith(("_scale", "_zero_point"))):
+                continue
+            zero_point = 0
+            if name.endswith("_quantized"):
+                zp = inits.get(name.removesuffix("_quantized") + "_zero_point")
+                if zp is not None and int(np.prod(zp.dims)) == 1:  # per tensor; per channel ones are 0
+                    zero_point = int(numpy_helper.to_array(zp).ravel()[0])
+            yield name, numpy_helper.to_array(init), zero_point, name in gathered
+
+
+# --------------------------------------------------------------------------------------------------
+# The task-only model (lmforge.compression.task_head.TaskModel) in ONNX
+# --------------------------------------------------------------------------------------------------
+
+TASK_FILE = "task.onnx"
+
+
+def export_task(task_model: Any, out_dir: str | Path, *, per_channel: bool, max_len: int,
+                quantized: bool = True) -> Path:
+    """Export a TaskModel to `out_dir`/task.onnx, int8 like the full model unless quantized=False."""
+    out = Path(out_dir) / TASK_FILE
+    fp32 = out.with_name(f"{TASK_FILE}.fp32.tmp")
+    export_onnx(task_model, fp32 if quantized else out, max_len=max_len, output_name="label_logits", wrap_lm=False)
+    if quantized:
+        try:
+            quantize_onnx(fp32, out, per_channel=per_channel)
+        finally:
+            fp32.unlink(missing_ok=True)
+    return out
+
+
+class OnnxTask:
+    """task.onnx behind a call: (input_ids, attention_mask) -> label logits (batch, labels)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        path = Path(path)
+        self.session = session(path / TASK_FILE if path.is_dir() else path, threads)
+
+    def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+        as_torch = not isinstance(input_ids, np.ndarray)
+        feed = {"input_ids": np.asarray(input_ids.cpu() if as_torch else input_ids, dtype=np.int64),
+                "attention_mask": np.asarray(attention_mask.cpu() if as_torch else attention_mask, dtype=np.int64)}
+        (scores,) = self.session.run(None, feed)
+        if as_torch:
+            import torch
+
+            return torch.from_numpy(scores)
+        return scores

@@ -1,0 +1,134 @@
+"""Which precision is fast on this machine, decided by measuring rather than by CPU flags.
+
+`precision: auto` (training and evaluation): bf16 on a GPU; on a CPU, bf16 only where a short probe
+(a few matrix products at the model's width, fp32 against bf16, forward for inference and forward +
+backward for training) shows bf16 faster. CPUs with native bf16 units (AVX512_BF16, AMX) run bf16 matmuls
+2-5x faster than fp32; AVX2-only CPUs emulate it 10-100x slower. `fp32` / `bf16` / `fp16` force a choice.
+
+    decision = choose_precision("auto", kind="training", width=768)
+    decision["precision"]      # "fp32" | "bf16" | "fp16"
+    decision                   # plus why, and the probe's milliseconds: stored in the stage's metrics
+
+`decide` is the pure rule (tests drive it with given timings); `probe` does the measuring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from lmforge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# bf16 must beat fp32 by this factor: it also costs accuracy and casts, so a tie goes to fp32.
+MIN_SPEEDUP = 1.1
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512_BF16 / AMX); without them bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _best_ms(fn: Any, reps: int, budget_s: float = 0.05) -> float:
+    """Best time of `fn` over at least `reps` runs, more (up to 50) while they fit in `budget_s`: a small
+    product takes microseconds, and the best of many is what survives a shared machine's pre-emptions."""
+    start = time.perf_counter()
+    fn()  # warm-up: oneDNN picks and caches its kernel on the first call
+    first = time.perf_counter() - start
+    reps = max(reps, min(50, int(budget_s / max(first, 1e-6))))
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def probe(kind: str = "inference", width: int = 512, tokens: int = 256, reps: int = 3) -> dict[str, float]:
+    """Milliseconds (best of `reps` or more) of a (tokens x width) @ (width x 4 width) product in fp32 and
+    under bf16 autocast; kind="training" times forward + backward. Takes well under a second.
+
+    One thread: the ratio is a property of the core's units, and with two threads on a shared machine
+    one pre-empted OpenMP thread stalls the other, so 2-thread timings swung 100x between runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _probe(kind, width, tokens, reps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _probe(kind: str, width: int, tokens: int, reps: int) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, width, generator=generator)
+    w = torch.randn(width, 4 * width, generator=generator, requires_grad=kind == "training")
+
+    def run(dtype: torch.dtype | None) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            if kind == "training":
+                (x @ w).float().sum().backward()
+                w.grad = None
+            else:
+                with torch.no_grad():
+                    x @ w
+
+    fp32, bf16 = _best_ms(lambda: run(None), reps), _best_ms(lambda: run(torch.bfloat16), reps)
+    return {"fp32_ms": round(fp32, 3), "bf16_ms": round(bf16, 3), "bf16_speedup": round(fp32 / bf16, 3),
+            "width": width, "tokens": tokens, "kind": kind}
+
+
+def decide(device: str, fp32_ms: float | None = None, bf16_ms: float | None = None,
+           min_speedup: float = MIN_SPEEDUP) -> tuple[str, str]:
+    """The rule of `precision: auto`: (precision, reason). bf16 on a GPU; on a CPU bf16 only if the probe
+    measured it at least `min_speedup` times faster than fp32."""
+    if device == "cuda":
+        return "bf16", "GPU"
+    if fp32_ms is None or bf16_ms is None:
+        raise ValueError("on a CPU, auto needs the probe's fp32 and bf16 timings")
+    speedup = fp32_ms / bf16_ms
+    if speedup >= min_speedup:
+        return "bf16", f"CPU probe: bf16 {speedup:.2f}x faster than fp32 (>= {min_speedup}x)"
+    return "fp32", f"CPU probe: bf16 {speedup:.2f}x the speed of fp32 (< {min_speedup}x)"
+
+
+def choose_precision(requested: str, *, kind: str, width: int = 512) -> dict[str, Any]:
+    """Resolve a configured precision to the one to run; the result says why (for the metrics).
+
+    A forced bf16 on a CPU without native bf16 runs (emulated, slowly) with a warning; a forced fp16 on
+    a CPU fails here with a clear message, before any work.
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"invalid precision {requested!r} (expected one of {', '.join(PRECISIONS)})")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict[str, Any] = {"requested": requested, "device": device,
+                           "cpu_native_bf16": bf16_supported() if device == "cpu" else None}
+    if requested != "auto":
+        if device == "cpu" and requested == "fp16":
+            raise ConfigError("precision 'fp16' needs a GPU (CPU kernels for fp16 training are missing or "
+                              "very slow); use 'auto', 'fp32' or 'bf16' on this machine")
+        if device == "cpu" and requested == "bf16" and not out["cpu_native_bf16"]:
+            log.warning("precision 'bf16' forced on a CPU without native bf16 (no AVX512_BF16 / AMX): it runs, "
+                        "emulated, typically 10-100x slower than fp32; 'auto' would pick fp32")
+        return {**out, "precision": requested, "reason": "forced"}
+    if device == "cuda":
+        precision, reason = decide(device)
+        return {**out, "precision": precision, "reason": reason}
+    timings = probe(kind, width=width)
+    precision, reason = decide(device, timings["fp32_ms"], timings["bf16_ms"])
+    log.info("precision auto (%s): %s (%s)", kind, precision, reason)
+    return {**out, "precision": precision, "reason": reason, "probe": timings}
+
+
+def autocast(precision: str) -> Any:
+    """The context to run a fp32 model's inference in `precision` (a no-op for fp32)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)

@@ -1,0 +1,148 @@
+"""The quantize stage (stages/quantize.py) for every method, on params composed from the real conf/:
+coverage check, atomic swap, validation loss / accuracy against the input, the task-only model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from lmforge import paths
+from lmforge.compose import compose
+from lmforge.compression.prune import l1_unstructured, make_permanent
+from lmforge.compression.quantize import MANIFEST_FILE, QuantizationError, load_quantized
+from lmforge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 300
+LABEL_IDS = [5, 6]
+
+
+def stage_main():
+    spec = importlib.util.spec_from_file_location("quantize_stage", REPO / "stages" / "quantize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def write_processed(generator: torch.Generator) -> None:
+    """The parts of data/processed that quantize reads: domain LM blocks, task validation, task_meta.json."""
+    def blocks(n: int) -> list[list[int]]:
+        return torch.randint(1, VOCAB, (n, 16), generator=generator).tolist()
+
+    DatasetDict({"train": Dataset.from_dict({"input_ids": blocks(8)}),
+                 "validation": Dataset.from_dict({"input_ids": blocks(6)})}).save_to_disk(str(paths.LM_DOMAIN))
+    lengths = torch.randint(4, 20, (24,), generator=generator).tolist()
+    prompts = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    labels = torch.randint(0, 2, (24,), generator=generator).tolist()
+    DatasetDict({"validation": Dataset.from_dict({"prompt_ids": prompts, "label": labels})}).save_to_disk(
+        str(paths.TASK))
+    paths.TASK_META.write_text(json.dumps({"label_token_ids": LABEL_IDS}))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A repository root with models/pruned (a pruned tiny GPT-2 and its tokenizer) and data/processed."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=0, eos_token_id=0)).eval()
+    l1_unstructured(model, 0.5)
+    make_permanent(model)
+    model.save_pretrained(paths.model_dir("pruned"))
+    tiny_tokenizer().save_pretrained(paths.model_dir("pruned"))
+    write_processed(torch.Generator().manual_seed(1))
+    return tmp_path
+
+
+def run_stage(*overrides: str) -> dict:
+    compose("params.yaml", list(overrides), conf_dir=REPO / "conf")
+    stage_main()()
+    return json.loads((paths.METRICS / "quantize.json").read_text())
+
+
+def assert_no_pickle(target: Path) -> None:
+    found = {p.suffix for p in target.rglob("*") if p.is_file()}
+    assert not found & {".bin", ".pt", ".pth", ".pkl", ".pickle"}
+
+
+def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
+    metrics = run_stage()
+    target = paths.model_dir("quantized")
+    assert metrics["method"] == "dynamic_int8"
+    assert metrics["coverage"] == 1.0 and metrics["int8_params"] == metrics["linear_params"]
+    assert metrics["weights_bytes"] < 0.75 * metrics["input_weights_bytes"]
+    # measured against the unquantized input on validation data
+    assert abs(metrics["val_loss_delta"]) < 0.05 and metrics["val_examples"] == 24
+    assert metrics["val_loss"] == pytest.approx(metrics["input_val_loss"] + metrics["val_loss_delta"], abs=1e-3)
+    assert_no_pickle(target)
+    assert (target / "tokenizer.json").is_file()
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    assert manifest["method"] == "dynamic_int8" and manifest["per_channel"] is True
+    assert isinstance(load_quantized(target).transformer.h[0].attn.c_attn, DynamicQuantizedLinear)
+    assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]
+
+
+def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model(workdir):
+    metrics = run_stage("quantize=onnx_int8")
+    target = paths.model_dir("quantized")
+    assert metrics["method"] == "onnx_int8" and metrics["coverage"] >= 0.95
+    assert {p.name for p in target.iterdir()} >= {"model.onnx", "task.onnx", "config.json", MANIFEST_FILE,
+                                                  "tokenizer.json"}
+    assert not list(target.glob("*.tmp"))
+    # int8 weights, one shared int8 embedding, and the graph itself: ~70 kB, half of this 36k-parameter model
+    assert metrics["bytes_ratio"] < 0.6 and metrics["task_model_bytes"] > 0
+    assert abs(metrics["val_loss_delta"]) < 0.05
+    assert metrics["task_agreement_with_full"] == 1.0 and metrics["task_ms_per_review"] > 0
+    assert_no_pickle(target)
+    model = load_quantized(target, threads=1)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    assert model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (2, 12, VOCAB)
+
+
+def test_bf16_stage_stores_bf16_weights(workdir):
+    metrics = run_stage("quantize=bf16")
+    target = paths.model_dir("quantized")
+    assert metrics["method"] == "bf16" and metrics["coverage"] == 1.0
+    assert 0.45 < metrics["bytes_ratio"] < 0.55
+    assert abs(metrics["val_loss_delta"]) < 0.05
+    model = load_quantized(target)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
+    previous = paths.model_dir("quantized")
+    previous.mkdir(parents=True)
+    (previous / "marker.txt").write_text("previous run")
+
+    with pytest.raises(QuantizationError) as error:
+        run_stage("quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
+    message = str(error.value)
+    assert "0.7191" in message and "0.9500" in message
+    assert os.listdir(previous) == ["marker.txt"]
+    assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]  # no temporary left
+    assert not (paths.METRICS / "quantize.json").exists()
+
+
+def test_static_calibration_is_refused_for_torch_methods(workdir):
+    with pytest.raises(ConfigError, match="calibration_blocks"):
+        run_stage("quantize.calibration_blocks=4")
+    assert not paths.model_dir("quantized").exists()
