@@ -182,6 +182,14 @@ class QuantizeConfig:
 
 
 @dataclass
+class GateConfig:
+    """What "as good as the teacher" means when the report names a recommended model."""
+
+    max_accuracy_drop: float = spec(ge=0.0, le=1.0)  # task accuracy at least the teacher's minus this
+    max_ppl_ratio: float | None = spec(ge=1.0)  # each perplexity at most this times the teacher's (null: any)
+
+
+@dataclass
 class EvaluateConfig:
     models: list[str] = spec()  # which models of the chain, in order
     threads: int = spec(ge=1, le=256)  # torch threads for latency and throughput
@@ -192,6 +200,7 @@ class EvaluateConfig:
     latency_runs: int = spec(ge=1)
     throughput_batch: int = spec(ge=1)
     throughput_runs: int = spec(ge=1)
+    gate: GateConfig = spec()  # the recommended model is the fastest one that passes it
 
 
 SECTIONS: dict[str, type] = {

@@ -37,6 +37,7 @@ from lmforge.artifacts import atomic_dir, dir_bytes, read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
 from lmforge.config import QuantizeConfig
 from lmforge.errors import DataError, LmforgeError
+from lmforge.modelcard import write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,8 @@ def quantize(params: dict[str, Any]) -> dict[str, Any]:
     with atomic_dir(target) as out:
         save_quantized(quantized, out, manifest=manifest)
         tokenizer.save_pretrained(out)
+        write_bundle(out, "quantize", source=source,
+                     metrics={"coverage": coverage["coverage"], "int8_params": coverage["int8_params"]})
 
     # measured on the model as saved, so the numbers also prove the artifact loads
     reloaded = load_quantized(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,12 +20,10 @@ from lmforge.artifacts import dir_bytes, read_json
 from lmforge.config import MODEL_NAMES, EvaluateConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
+from lmforge.modelio import PRODUCED_BY, detect_format
 
 log = logging.getLogger(__name__)
 
-# Which DVC stage writes each model folder (for "run `dvc repro <stage>`" messages).
-PRODUCED_BY = {"general": "pretrain", "teacher": "finetune", "student": "distill",
-               "pruned": "prune", "quantized": "quantize"}
 REFERENCE = "teacher"  # retention, speedup and compression are relative to this model
 PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
@@ -80,19 +79,14 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
                  "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
                  "throughput_batch": cfg.throughput_batch},
         "environment": env,
+        "gate": dataclasses.asdict(cfg.gate),  # what the report's recommendation must pass
     }
 
 
 def load_model(name: str) -> nn.Module:
-    """A model folder of the chain, in fp32 and eval mode; the int8 model through its own loader."""
+    """A model folder of the chain, in fp32 and eval mode, through the loader of its format (lmforge.modelio)."""
     path = paths.model_dir(name)
-    if name == "quantized":
-        from lmforge.compression.quantize import load_quantized  # only this model needs it
-
-        model = load_quantized(path)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.eval()
+    return detect_format(path).load(path).eval()
 
 
 def environment(threads: int) -> dict[str, Any]:

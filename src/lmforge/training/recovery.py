@@ -16,6 +16,7 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
 from lmforge.config import RecoveryConfig, TrainConfig
+from lmforge.modelcard import write_bundle
 from lmforge.training import data
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.runner import fingerprint, fit
@@ -65,6 +66,7 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
             with atomic_dir(paths.model_dir("pruned")) as out:
                 model.save_pretrained(out)
                 tokenizer.save_pretrained(out)
+                write_bundle(out, "prune", metrics={"amount": cfg.amount, **sparsity_report(model)["overall"]})
 
     metrics["sparsity_before"] = before["overall"]["sparsity"]
     metrics.update(sparsity_report(model))

@@ -35,6 +35,7 @@ from lmforge import paths
 from lmforge.artifacts import replace_dir
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
+from lmforge.modelcard import write_bundle
 from lmforge.training.data import PadCollator
 from lmforge.training.losses import lm_loss
 
@@ -181,9 +182,10 @@ def open_live(stage: str, resume_from: str | None) -> Live:
     return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume_from is not None)
 
 
-def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState) -> None:
-    """Save the model and tokenizer to `output` atomically. Every rank calls the Trainer's save (FSDP gathers
-    the full state dict there); only the main process writes and renames."""
+def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState,
+                 stage: str, metrics: dict[str, Any]) -> None:
+    """Save the model, tokenizer, task and model card to `output` atomically. Every rank calls the Trainer's
+    save (FSDP gathers the full state dict there); only the main process writes and renames."""
     tmp = output.with_name(f".{output.name}.tmp-trained")
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +193,7 @@ def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: P
     trainer.save_model(str(tmp))
     if state.is_main_process:
         tokenizer.save_pretrained(str(tmp))
+        write_bundle(tmp, stage, metrics=metrics)
         replace_dir(tmp, output)
     state.wait_for_everyone()
 
@@ -238,9 +241,6 @@ def fit(
     final = trainer.evaluate()
     if finalize is not None:
         finalize(model)
-    save_trained(trainer, tokenizer, output, state)
-    if state.is_main_process:
-        log.info("%s: saved %s", stage, output)
 
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
@@ -256,4 +256,7 @@ def fit(
         metrics[f"eval_{name}_loss"] = round(loss, 4)
         if name != "task":  # the task loss is on one label word: its exponent is no perplexity
             metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3)
+    save_trained(trainer, tokenizer, output, state, stage, metrics)  # the card carries these metrics
+    if state.is_main_process:
+        log.info("%s: saved %s", stage, output)
     return metrics
