@@ -252,6 +252,10 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     calls = []
     fake = SimpleNamespace(load_quantized=lambda path: calls.append(Path(path)) or int8)
     monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
+    folder = tmp_path / "models" / "quantized"  # what lmforge.modelio recognises as the int8 format
+    folder.mkdir(parents=True)
+    (folder / "quantization.json").write_text("{}")
+    (folder / "model_int8.safetensors").write_bytes(b"")
     assert evaluate_module.load_model("quantized") is int8
     assert calls == [Path("models/quantized")]
 
