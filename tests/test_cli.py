@@ -29,6 +29,14 @@ def lmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def in_process(capsys, monkeypatch, cwd: Path, *argv: str) -> str:
+    """stdout of `lmforge ARGV` run in this process (no second start-up of torch), from `cwd`."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    cli.main(list(argv))
+    return capsys.readouterr().out
+
+
 def error_line(capsys, *argv: str) -> str:
     with pytest.raises(SystemExit) as exc:
         cli.main(list(argv))
@@ -163,7 +171,8 @@ def test_every_model_folder_carries_its_task_and_a_model_card(tiny_run):
 
 
 @pytest.mark.slow
-def test_predict_on_a_moved_model_scores_exactly_as_evaluate(tiny_run, moved_quantized, tmp_path):
+def test_predict_on_a_moved_model_scores_exactly_as_evaluate(tiny_run, moved_quantized, tmp_path, capsys,
+                                                             monkeypatch):
     repo, _ = tiny_run
     test = load_from_disk(str(repo / "data/processed/task"))["test"]
     n = json.loads((repo / "metrics/evaluate.json").read_text())["data"]["task_examples"]
@@ -171,9 +180,8 @@ def test_predict_on_a_moved_model_scores_exactly_as_evaluate(tiny_run, moved_qua
     (tmp_path / "reviews.jsonl").write_text("".join(json.dumps({"review": t, "stars": y}) + "\n"
                                                     for t, y in zip(texts, labels, strict=True)))
     out = tmp_path / "predictions.jsonl"
-    result = lmforge("predict", str(moved_quantized), "--file", "reviews.jsonl", "--text-column", "review",
-                     "--output", str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    in_process(capsys, monkeypatch, tmp_path, "predict", str(moved_quantized), "--file", "reviews.jsonl",
+               "--text-column", "review", "--output", str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == texts
     assert {r["label"] for r in rows} <= {"negative", "positive"}
@@ -183,33 +191,35 @@ def test_predict_on_a_moved_model_scores_exactly_as_evaluate(tiny_run, moved_qua
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())["models"]["quantized"]["accuracy"]
     assert accuracy == pytest.approx(evaluated, abs=1e-4)
 
+    # the installed command, once, as a user runs it
     result = lmforge("predict", str(moved_quantized), "a great film", "not good at all", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[1].endswith("\tnot good at all")
     assert lines[0].split("\t")[0] in ("negative", "positive")
+    assert result.stderr == ""  # no warnings or progress bars for a user to wade through
 
 
 @pytest.mark.slow
-def test_generate_is_reproducible_from_its_seed(moved_quantized, tmp_path):
-    runs = [lmforge("generate", str(moved_quantized), "The movie", "--max-new-tokens", "8", "--seed", seed,
-                    cwd=tmp_path) for seed in ("1", "1")]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr
-    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("The movie")
+def test_generate_is_reproducible_from_its_seed(moved_quantized, tmp_path, capsys, monkeypatch):
+    runs = [in_process(capsys, monkeypatch, tmp_path, "generate", str(moved_quantized), "The movie",
+                       "--max-new-tokens", "8", "--seed", "1") for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].startswith("The movie")
+    greedy = in_process(capsys, monkeypatch, tmp_path, "generate", str(moved_quantized), "The movie",
+                        "--max-new-tokens", "8", "--temperature", "0")
+    assert greedy.startswith("The movie")
 
 
 @pytest.mark.slow
-def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_quantized):
+def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_quantized, capsys, monkeypatch):
     repo, _ = tiny_run
-    result = lmforge("info", "models/pruned", cwd=repo)
-    assert result.returncode == 0, result.stderr
-    fields = dict(line.split(None, 1) if "  " not in line else [s.strip() for s in line.split("  ", 1)]
-                  for line in result.stdout.splitlines())
+    out = in_process(capsys, monkeypatch, repo, "info", "models/pruned")
+    fields = dict((part.strip() for part in line.split("  ", 1)) for line in out.splitlines())
     assert fields["format"] == "hf" and fields["stage"] == "prune"
     assert float(fields["sparsity"].rstrip("%")) > 20  # half of the block weights, embeddings not pruned
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())["models"]["pruned"]
     assert fields["evaluate: accuracy"] == f"{evaluated['accuracy']:.3f}"
     assert fields["non-zero parameters"] == f"{evaluated['nonzero_parameters']:,}"
 
-    moved = lmforge("info", str(moved_quantized), cwd=moved_quantized.parent)
-    assert moved.returncode == 0 and "int8" in moved.stdout and "evaluate:" not in moved.stdout
+    moved = in_process(capsys, monkeypatch, moved_quantized.parent, "info", str(moved_quantized))
+    assert "int8" in moved and "evaluate:" not in moved

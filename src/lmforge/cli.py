@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -176,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if getattr(args, "temperature", 0) < 0:
         parser().error("--temperature must be >= 0")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A user of the command needs neither torch's notice that its int8 tensor API is deprecated nor
-    # a progress bar for loading a few MB of weights.
+    # transformers' notes and progress bar for loading a few MB of weights.
     warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
     from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         args.run(args)
