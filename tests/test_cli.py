@@ -223,3 +223,33 @@ def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_q
 
     moved = in_process(capsys, monkeypatch, moved_quantized.parent, "info", str(moved_quantized))
     assert "int8" in moved and "evaluate:" not in moved
+
+
+# --- the bundle a stage writes into a model folder --------------------------------------------------
+
+
+def test_write_bundle_adds_the_task_and_a_card_and_drops_the_trainer_pickle(tmp_path, monkeypatch):
+    from lmforge import modelcard, paths
+
+    monkeypatch.chdir(tmp_path)
+    paths.PROCESSED.mkdir(parents=True)
+    paths.TASK_META.write_text(json.dumps({"prompt": " Sentiment:", "label_words": [" negative", " positive"],
+                                           "label_token_ids": [7, 9], "block_size": 16}))
+    shutil.copy(ROOT / "dvc.yaml", "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    folder = tmp_path / "models" / ".pruned.tmp-trained"  # where the stage writes before the rename
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    modelcard.write_bundle(folder, "prune", metrics={"recovery": {"eval_domain_perplexity": 5.1, "steps": 3}})
+
+    assert not (folder / "training_args.bin").exists()
+    task = json.loads((folder / "task_meta.json").read_text())
+    assert task["max_prompt_tokens"] == 15 and task["label_token_ids"] == [7, 9]
+    card = modelcard.read_card(folder)
+    assert card["library_name"] == "transformers" and card["datasets"][0].startswith("lmforge-synthetic")
+    assert set(card["lmforge"]["params"]) == {"seed", "prune"}  # the sections dvc.yaml lists for prune
+    assert card["lmforge"]["metrics"] == {"recovery.eval_domain_perplexity": 5.1, "recovery.steps": 3}
+    assert card["model-index"][0]["name"] == "prune"
+    assert card["model-index"][0]["results"][0]["metrics"][0]["value"] == 5.1
+    assert "lmforge predict ." in (folder / "README.md").read_text()
