@@ -248,13 +248,14 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
         front = sorted((x, y) for name, x, y in points if name in results["pareto"][axis])
         if len(front) > 1:  # the frontier as a staircase: from each frontier point to the next, costlier one
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color="tab:green", alpha=0.6,
-                    linewidth=1.5, zorder=2, label="Pareto frontier")
+                    linewidth=1.5, zorder=2, label="Pareto frontier (outlined points)")
         for i, (name, x, y) in enumerate(points):
             recommended = name == results["recommendation"]["model"]
+            # the recommended model is a star (in the legend), frontier points are outlined; labels stay
+            # the bare names so the label stacking below still fits
             ax.scatter(x, y, s=160 if recommended else 50, marker="*" if recommended else "o", zorder=3,
-                       edgecolors="black" if name in results["pareto"][axis] else "none")
-            if recommended:
-                name = f"{name} (recommended)"
+                       edgecolors="black" if name in results["pareto"][axis] else "none",
+                       label="recommended" if recommended else None)
             # Stack the labels of points whose labels would overprint (pruning keeps the size; int8 and
             # fp32 latencies of a small model are close): a label is ~15% of the axis wide.
             stacked = sum(abs(x - x2) <= 0.15 * x_span and abs(y - y2) <= 0.03 for _, x2, y2 in points[:i])
@@ -270,7 +271,11 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
     axes[0].set_ylabel("task accuracy")
     axes[0].set_title("accuracy vs size")
     axes[1].set_title("accuracy vs latency")
-    axes[1].legend(loc="lower right")
+    legend: dict[str, Any] = {}  # one legend for both panels: the frontier line may be drawn in one only
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    axes[1].legend(list(legend.values()), list(legend), loc="lower right")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
