@@ -174,6 +174,13 @@ class LoadedModel:
         return self.task
 
 
+def load_weights(folder: str | Path) -> Any:
+    """Only the model of a folder in any registered format (what evaluate measures), in eval mode."""
+    folder = Path(folder)
+    model = detect_format(folder).load(folder)
+    return model.eval() if hasattr(model, "eval") else model  # an ONNX session has no train/eval modes
+
+
 def load_model(folder: str | Path) -> LoadedModel:
     """The model of a folder in any registered format, in eval mode, with its tokenizer and task."""
     from transformers import AutoTokenizer
@@ -187,7 +194,4 @@ def load_model(folder: str | Path) -> LoadedModel:
                                f"{_hint(folder)}") from exc
     config = read_json(folder / GENERIC_MANIFEST) if (folder / GENERIC_MANIFEST).is_file() else {}
     task = read_json(folder / TASK_FILE) if (folder / TASK_FILE).is_file() else None
-    model = fmt.load(folder)
-    if hasattr(model, "eval"):
-        model.eval()
-    return LoadedModel(folder, fmt, model, tokenizer, config, task)
+    return LoadedModel(folder, fmt, load_weights(folder), tokenizer, config, task)

@@ -20,7 +20,7 @@ from lmforge.artifacts import dir_bytes, read_json
 from lmforge.config import MODEL_NAMES, EvaluateConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
-from lmforge.modelio import PRODUCED_BY, detect_format
+from lmforge.modelio import PRODUCED_BY, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(name: str) -> nn.Module:
     """A model folder of the chain, in fp32 and eval mode, through the loader of its format (lmforge.modelio)."""
-    path = paths.model_dir(name)
-    return detect_format(path).load(path).eval()
+    return load_weights(paths.model_dir(name))
 
 
 def environment(threads: int) -> dict[str, Any]:
