@@ -8,7 +8,11 @@ A format is known by its manifest, the file that identifies it in a folder:
 A loaded model is anything that `model(input_ids=..., attention_mask=...)` turns into an object with
 `.logits` (batch, seq, vocab), the interface lmforge.evaluation.metrics already measures; scoring
 the label words and sampling are written once against it. A new format (ONNX, factored low-rank) is
-one `register_format(...)` call with a loader that returns such a callable.
+one `register_format(...)` call with a loader that returns such a callable, e.g.
+
+    register_format("onnx", "onnx_manifest.json", ("model.onnx",), load_onnx)  # load_onnx(folder) -> model
+
+A format whose manifest is config.json matches only when no other format's manifest is in the folder.
 
 Folders are read from safetensors and JSON only: no pickle, no `trust_remote_code`.
 """
