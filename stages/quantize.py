@@ -24,6 +24,7 @@ from lmforge.compression.task_head import TaskModel
 from lmforge.config import QuantizeConfig, stage_params
 from lmforge.errors import DataError
 from lmforge.evaluation import metrics
+from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import load_model
 
 log = logging.getLogger("lmforge.quantize")
@@ -120,6 +121,8 @@ def main() -> None:
             raise quantize.QuantizationError(f"{cfg.method}: the quantized model's validation loss or accuracy is not "
                                               f"finite ({after}); nothing written to {target}")
         task = task_model(model, quantized, out, cfg, data) if cfg.task_model else {}
+        write_bundle(out, "quantize", source=source, metrics={"method": cfg.method, "coverage": report["coverage"],
+                                                              **after})
         weights_bytes = quantize.weights_bytes(out)
         task_bytes = (out / "task.onnx").stat().st_size if (out / "task.onnx").is_file() else None
     log.info("%s: coverage %.4f, validation loss %.4f -> %.4f, accuracy %.4f -> %.4f", cfg.method,

@@ -22,7 +22,7 @@ from lmforge.compose import compose
 from lmforge.config import stage_params
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import evaluate as evaluate_module
-from lmforge.evaluation import metrics
+from lmforge.evaluation import metrics, report
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 100
@@ -221,9 +221,16 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
     assert [r["model"] for r in records] == ["general", "teacher", "student", "pruned"]
     assert set(records[0]) == {"model", "bytes", "mb", "accuracy", "latency_p50_ms", "ppl_domain"}
 
+    headline = json.loads((layout / "metrics" / "headline.json").read_text())
+    assert set(headline) == {"general", "teacher", "student", "pruned", "baseline_bag_of_words",
+                             "baseline_majority", "recommended"}
+    assert headline["student"]["mb"] == round(student["bytes_on_disk"] / 1e6, 4)
+    assert headline["recommended"] == results["recommendation"]["model"]
+    assert set(results["pareto"]) == {"size", "latency"}
+
     summary = (layout / "reports" / "summary.md").read_text()
-    for text in ("| model | params |", "| pruned |", "bag-of-words baseline", "majority class",
-                 "unstructured sparsity", "## Environment"):
+    for text in ("| model | params |", "| pruned", "bag-of-words baseline", "majority class",
+                 "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment"):
         assert text in summary
     assert (layout / "reports" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((layout / "reports").glob(".*"))  # no temporary files left behind
@@ -255,6 +262,10 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     calls = []
     fake = SimpleNamespace(load_quantized=lambda path, threads=None: calls.append(Path(path)) or int8)
     monkeypatch.setitem(sys.modules, "lmforge.compression.quantize", fake)
+    folder = tmp_path / "models" / "quantized"  # what lmforge.modelio recognises as the int8 format
+    folder.mkdir(parents=True)
+    (folder / "quantization.json").write_text("{}")
+    (folder / "model_int8.safetensors").write_bytes(b"")
     assert evaluate_module.load_model("quantized") is int8
     assert calls == [Path("models/quantized")]
 
@@ -293,3 +304,36 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     assert int8["bytes_on_disk"] < fp32["bytes_on_disk"]
     assert int8["ppl_general"] == pytest.approx(fp32["ppl_general"], rel=0.05)
     assert int8["latency_p50_ms"] > 0 and int8["tokens_per_s"] > 0
+
+
+# --- Pareto frontier and the recommended model -------------------------------------------------------
+
+
+def row(accuracy: float, mb: float, ms: float, ppl: float = 5.0) -> dict:
+    return {"accuracy": accuracy, "bytes_on_disk": int(mb * 1e6), "latency_p50_ms": ms,
+            "ppl_general": ppl, "ppl_domain": ppl}
+
+
+def test_pareto_front_keeps_the_models_no_other_beats_on_both_axes():
+    models = {"teacher": row(0.94, 3.8, 3.6), "student": row(0.96, 2.2, 2.1), "pruned": row(0.96, 2.2, 2.0),
+              "quantized": row(0.95, 1.2, 2.1), "general": row(0.50, 3.8, 3.5)}
+    # pruned ties student on accuracy and size: neither dominates the other on size
+    assert report.pareto_front(models, "bytes_on_disk") == ["student", "pruned", "quantized"]
+    assert report.pareto_front(models, "latency_p50_ms") == ["pruned"]
+
+
+def test_the_recommended_model_is_the_fastest_inside_the_gate():
+    gate = {"max_accuracy_drop": 0.02, "max_ppl_ratio": 1.1}
+    models = {"teacher": row(0.94, 3.8, 3.6), "student": row(0.93, 2.2, 2.0),
+              "pruned": row(0.90, 2.2, 1.0),  # fastest, but 0.04 below the teacher
+              "quantized": row(0.95, 1.2, 1.5, ppl=5.6)}  # perplexity 1.12x the teacher's
+    rec = report.recommend(models, gate)
+    assert rec["model"] == "student"
+    assert set(rec["failed"]) == {"pruned", "quantized"}
+    assert "accuracy 0.900 < 0.920" in rec["failed"]["pruned"][0]
+    assert "ppl_general" in rec["failed"]["quantized"][0]
+    # latencies within 10% are noise: the smaller of the equally fast ones is named
+    models["quantized"] = row(0.95, 1.2, 2.15)
+    assert report.recommend(models, gate)["model"] == "quantized"
+    assert report.recommend(models, {**gate, "max_accuracy_drop": 0.1})["model"] == "pruned"
+    assert report.recommend({"student": row(0.9, 1, 1)}, gate)["model"] is None  # no teacher to compare with

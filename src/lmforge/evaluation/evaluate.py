@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,13 +21,10 @@ from lmforge.compression.quantize import weights_bytes
 from lmforge.config import MODEL_NAMES, EvaluateConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
-from lmforge.modeling import checks
+from lmforge.modelio import PRODUCED_BY, load_weights
 
 log = logging.getLogger(__name__)
 
-# Which DVC stage writes each model folder (for "run `dvc repro <stage>`" messages).
-PRODUCED_BY = {"general": "pretrain", "teacher": "finetune", "student": "distill",
-               "pruned": "prune", "quantized": "quantize"}
 REFERENCE = "teacher"  # retention, speedup and compression are relative to this model
 PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
@@ -72,6 +70,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
                  "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
                  "throughput_batch": cfg.throughput_batch},
         "environment": env,
+        "gate": dataclasses.asdict(cfg.gate),  # what the report's recommendation must pass
     }
 
 
@@ -110,24 +109,11 @@ def quantized_method(name: str) -> str | None:
     return method_of(paths.model_dir(name))
 
 
-PRODUCERS = {"general": "pretrain", "teacher": "finetune", "student": "distill", "pruned": "prune"}
-
-
 def load_model(name: str, threads: int | None = None) -> nn.Module:
-    """A model folder of the chain, in fp32 and eval mode; the quantized and low-rank models through their own
-    loaders, the quantized one in its own runtime (ONNX Runtime with `threads` threads, torch int8, bf16)."""
-    from lmforge.compression import lowrank  # only a factored model needs it
-
-    path = paths.model_dir(name)
-    if name == "quantized":
-        from lmforge.compression.quantize import load_quantized  # only this model needs it
-
-        model = load_quantized(path, threads=threads)
-    elif lowrank.is_lowrank(path):
-        model = lowrank.load_lowrank(path)
-    else:
-        model = checks.load_model(path, PRODUCERS[name])  # safetensors only, finite weights
-    return model.eval()
+    """A model folder of the chain, in eval mode, through the loader of its format (lmforge.modelio): fp32 from
+    checked safetensors, low-rank factors, or the quantized model in its own runtime (ONNX Runtime with
+    `threads` threads, torch int8, bf16)."""
+    return load_weights(paths.model_dir(name), threads=threads)
 
 
 def environment(threads: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,25 +61,36 @@ def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batc
 
 
 @torch.inference_mode()
+def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label_token_ids: Sequence[int],
+                    batch_size: int, progress: Callable[[int], object] | None = None) -> torch.Tensor:
+    """(n_prompts, n_labels) next-token log-probabilities (over the whole vocabulary) of each label
+    token after each prompt, in the order of `prompt_ids`. `progress(n)` is called after each batch."""
+    if not prompt_ids:
+        raise ValueError("need at least one prompt")
+    model.eval()
+    candidates = torch.tensor(list(label_token_ids), dtype=torch.long)
+    out = torch.empty(len(prompt_ids), len(candidates))
+    # Batching prompts of similar length wastes less compute on padding; the order does not matter.
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = _pad_right([prompt_ids[i] for i in idx])
+        last = mask.sum(dim=1) - 1  # the last real position of each right-padded prompt
+        logits = _logits(model, ids, mask)[torch.arange(len(idx)), last]
+        out[idx] = logits.log_softmax(dim=-1)[:, candidates]
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
 def task_accuracy(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
                   label_token_ids: Sequence[int], batch_size: int) -> float:
     """Fraction of prompts whose most likely next token, among the label tokens only, is the right one."""
     if len(prompt_ids) != len(labels) or not labels:
         raise ValueError(f"need as many prompts as labels, and at least one: "
                          f"{len(prompt_ids)} prompts, {len(labels)} labels")
-    model.eval()
-    candidates = torch.tensor(list(label_token_ids), dtype=torch.long)
-    # Batching prompts of similar length wastes less compute on padding; the order does not matter.
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    correct = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = _pad_right([prompt_ids[i] for i in idx])
-        last = mask.sum(dim=1) - 1  # the last real position of each right-padded prompt
-        logits = _logits(model, ids, mask)[torch.arange(len(idx)), last]
-        predicted = logits.log_softmax(dim=-1)[:, candidates].argmax(dim=-1)
-        correct += int((predicted == torch.tensor([labels[i] for i in idx])).sum())
-    return correct / len(labels)
+    predicted = label_log_probs(model, prompt_ids, label_token_ids, batch_size).argmax(dim=-1)
+    return int((predicted == torch.tensor(list(labels))).sum()) / len(labels)
 
 
 def _weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,4 +1,14 @@
-"""Turn the results of `evaluate` into DVC metrics, DVC plots data, a markdown summary and a PNG."""
+"""Turn the results of `evaluate` into DVC metrics, DVC plots data, a markdown summary and a PNG.
+
+metrics/headline.json is the one DVC metrics file: per model the numbers a reader compares across
+experiments (accuracy, perplexities, MB, p50 latency, speed-up) and the recommended model, so that
+`dvc exp show` and `dvc metrics diff` stay readable. Everything else evaluate measured is in
+metrics/evaluate.json, a plain output.
+
+The report marks the Pareto frontier (no other model is at least as accurate and at most as costly)
+of accuracy against size and against latency, and names a recommended model: the fastest one inside
+the accuracy gate (`evaluate.gate`, relative to the teacher).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from lmforge.artifacts import write_json, write_text
 from lmforge.stage import finite_metrics, write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
+HEADLINE_JSON = paths.METRICS / "headline.json"
 PARETO_JSON = paths.PLOTS / "pareto.json"
 SUMMARY_MD = paths.REPORTS / "summary.md"
 PARETO_PNG = paths.REPORTS / "pareto.png"
@@ -21,11 +32,77 @@ PARETO_PNG = paths.REPORTS / "pareto.png"
 MB = 1e6
 NOISE = 0.10  # latency differences below 10% are within run-to-run noise on a shared CPU
 SPREAD_WARNING = 1.5  # p90 / p50 above this: the timings were disturbed
+REFERENCE = "teacher"  # the gate is relative to it
+DEFAULT_GATE = {"max_accuracy_drop": 0.02, "max_ppl_ratio": None}  # results of an evaluate without evaluate.gate
+
+
+def pareto_front(models: dict[str, dict[str, Any]], cost: str) -> list[str]:
+    """Models that no other model dominates: none is at least as accurate and at most as costly, and
+    better in one of the two."""
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return (a["accuracy"] >= b["accuracy"] and a[cost] <= b[cost]
+                and (a["accuracy"] > b["accuracy"] or a[cost] < b[cost]))
+
+    return [name for name, row in models.items()
+            if not any(dominates(other, row) for o, other in models.items() if o != name)]
+
+
+def gate_failures(row: dict[str, Any], ref: dict[str, Any], gate: dict[str, Any]) -> list[str]:
+    """Why `row` is not as good as the reference under `gate` (empty: it passes)."""
+    failures = []
+    if gate.get("max_accuracy_drop") is not None:  # null: not checked, as in the stages' gates
+        floor = ref["accuracy"] - gate["max_accuracy_drop"]
+        if row["accuracy"] < floor - 1e-9:
+            failures.append(f"accuracy {row['accuracy']:.3f} < {floor:.3f}")
+    if gate.get("max_ppl_ratio") is not None:
+        for key in ("ppl_general", "ppl_domain"):
+            if row[key] > gate["max_ppl_ratio"] * ref[key] + 1e-9:
+                failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
+    return failures
+
+
+def recommend(models: dict[str, dict[str, Any]], gate: dict[str, Any]) -> dict[str, Any]:
+    """The fastest model (p50 latency) inside the gate. Latencies within NOISE of the fastest are run-to-run
+    noise on these machines, so among those the smallest on disk is named (then the most accurate)."""
+    out: dict[str, Any] = {"model": None, "gate": gate, "rule": (
+        f"fastest p50 latency among the models within the gate (relative to the {REFERENCE}); latencies within "
+        f"{NOISE:.0%} of the fastest count as equal, and the smallest on disk of those is named")}
+    ref = models.get(REFERENCE)
+    if ref is None:
+        out["reason"] = f"no {REFERENCE} among the evaluated models: nothing to gate against"
+        return out
+    failures = {name: gate_failures(row, ref, gate) for name, row in models.items()}
+    out["failed"] = {name: reasons for name, reasons in failures.items() if reasons}
+    passed = [name for name, reasons in failures.items() if not reasons]
+    fastest = min(models[n]["latency_p50_ms"] for n in passed)
+    tied = [n for n in passed if models[n]["latency_p50_ms"] <= fastest * (1 + NOISE)]
+    out["model"] = min(tied, key=lambda n: (models[n]["bytes_on_disk"], -models[n]["accuracy"]))
+    out["equally_fast"] = tied
+    return out
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics: per model the numbers compared across experiments, and the recommended model."""
+    out: dict[str, Any] = {}
+    for name, r in results["models"].items():
+        out[name] = {"accuracy": r["accuracy"], "ppl_general": r["ppl_general"], "ppl_domain": r["ppl_domain"],
+                     "mb": round(r["bytes_on_disk"] / MB, 4), "p50_ms": r["latency_p50_ms"],
+                     "speedup": r["speedup_p50"]}
+    for name, b in results["baselines"].items():
+        out[f"baseline_{name}"] = {"accuracy": b["accuracy"]}
+    out["recommended"] = results["recommendation"]["model"]
+    return out
 
 
 def write_report(results: dict[str, Any]) -> None:
-    """Write metrics/evaluate.json, plots/pareto.json, reports/summary.md and reports/pareto.png."""
+    """Add the Pareto frontiers and the recommendation to `results`, then write metrics/evaluate.json,
+    metrics/headline.json, plots/pareto.json, reports/summary.md and reports/pareto.png."""
+    models = results["models"]
+    results["pareto"] = {"size": pareto_front(models, "bytes_on_disk"),
+                         "latency": pareto_front(models, "latency_p50_ms")}
+    results["recommendation"] = recommend(models, results.get("gate") or DEFAULT_GATE)
     write_metrics(EVALUATE_JSON, results)
+    write_metrics(HEADLINE_JSON, headline(results))
     write_json(PARETO_JSON, finite_metrics(pareto_records(results))[0])
     write_text(SUMMARY_MD, summary_markdown(results))
     plot_pareto(results, PARETO_PNG)
@@ -43,25 +120,31 @@ def summary_markdown(results: dict[str, Any]) -> str:
     models, baselines, env, data = (results["models"], results["baselines"], results["environment"],
                                     results["data"])
     header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy",
-              "retention", "p50 ms", "speedup", "tokens/s"]
+              "retention", "p50 ms", "speedup", "tokens/s", "Pareto"]
+    fronts, rec = results["pareto"], results["recommendation"]
     lines = ["# Evaluation summary", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, r in models.items():
         cells = [name, f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
                  f"{r['bytes_on_disk'] / MB:.3f}", f"{r['ppl_general']:.2f}", f"{r['ppl_domain']:.2f}",
                  f"{r['accuracy']:.3f}", _fmt(r["accuracy_retention"], "{:.2f}"),
-                 f"{r['latency_p50_ms']:.2f}", _fmt(r["speedup_p50"], "{:.2f}x"), f"{r['tokens_per_s']:,.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+                 f"{r['latency_p50_ms']:.2f}", _fmt(r["speedup_p50"], "{:.2f}x"), f"{r['tokens_per_s']:,.0f}",
+                 " + ".join(axis for axis in ("size", "latency") if name in fronts[axis]) or "-"]
+        label = f"**{name}** (recommended)" if name == rec["model"] else name
+        lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
         label = {"bag_of_words": "bag-of-words baseline", "majority": "majority class"}.get(name, name)
-        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * 4) + " |")
+        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * 5) + " |")
     lines += ["",
               "Retention is accuracy relative to the teacher; speedup is the teacher's p50 latency over the "
               "model's. MB are 10^6 bytes of weight files on disk. Perplexity on "
               f"{data['lm_blocks_general']} general and {data['lm_blocks_domain']} domain test blocks, "
               f"accuracy on {data['task_examples']} test examples; latency is one forward pass over "
-              f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}.",
-              "", "## Reading", "", reading(results), "", "## Environment", ""]
+              f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}. "
+              "Pareto: on the frontier of accuracy against size on disk and/or p50 latency (no other model is at "
+              "least as accurate and at most as large, or as slow).",
+              "", "## Recommended model", "", recommendation_text(results), "",
+              "## Reading", "", reading(results), "", "## Environment", ""]
     lines += [f"- {key}: {_env_value(value)}" for key, value in env.items()]
     lines += ["", "![accuracy against size and latency](pareto.png)", ""]
     return "\n".join(lines)
@@ -72,6 +155,29 @@ def _env_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_env_value(v)}" for k, v in value.items() if v is not None)
     return str(value)
+
+
+def recommendation_text(results: dict[str, Any]) -> str:
+    rec, models = results["recommendation"], results["models"]
+    gate = rec["gate"]
+    limits = ", ".join(
+        ([f"accuracy at least the {REFERENCE}'s minus {gate['max_accuracy_drop']:g}"]
+         if gate.get("max_accuracy_drop") is not None else [])
+        + ([f"perplexities at most {gate['max_ppl_ratio']:g}x the {REFERENCE}'s"]
+           if gate.get("max_ppl_ratio") is not None else [])) or "no limits"
+    if rec["model"] is None:
+        return f"None: {rec['reason']}."
+    name, r = rec["model"], models[rec["model"]]
+    text = (f"**{name}**: the fastest model inside the gate ({limits}; `evaluate.gate`): accuracy {r['accuracy']:.3f}, "
+            f"{r['bytes_on_disk'] / MB:.2f} MB, p50 {r['latency_p50_ms']:.2f} ms ({_fmt(r['speedup_p50'], '{:.2f}x')} "
+            f"the {REFERENCE}'s speed).")
+    others = [n for n in rec["equally_fast"] if n != name]
+    if others:
+        text += (f" {', '.join(others)} {'is' if len(others) == 1 else 'are'} within {NOISE:.0%} of its latency "
+                 "(noise on this machine); it is the smallest on disk of them.")
+    if rec["failed"]:
+        text += " Outside the gate: " + "; ".join(f"{n} ({', '.join(why)})" for n, why in rec["failed"].items()) + "."
+    return text + f' Use it: `lmforge predict models/{name} "a review"`.'
 
 
 def reading(results: dict[str, Any]) -> str:
@@ -141,17 +247,27 @@ def _pruning(student: dict[str, Any], pruned: dict[str, Any]) -> str:
 
 
 def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
-    """Two panels, accuracy against MB on disk and against p50 latency, one labelled point per model."""
+    """Two panels, accuracy against MB on disk and against p50 latency, one labelled point per model; the
+    Pareto frontier as a line (its points outlined) and the recommended model as a star."""
     models, baselines = results["models"], results["baselines"]
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, key, xlabel in ((axes[0], "bytes_on_disk", "size on disk (MB)"),
-                            (axes[1], "latency_p50_ms", "p50 latency, batch 1 (ms)")):
+    for ax, key, axis, xlabel in ((axes[0], "bytes_on_disk", "size", "size on disk (MB)"),
+                                  (axes[1], "latency_p50_ms", "latency", "p50 latency, batch 1 (ms)")):
         points = [(name, r[key] / MB if key == "bytes_on_disk" else r[key], r["accuracy"])
                   for name, r in models.items()]
         x_span = max(x for _, x, _ in points) or 1.0
+        front = sorted((x, y) for name, x, y in points if name in results["pareto"][axis])
+        if len(front) > 1:  # the frontier as a staircase: from each frontier point to the next, costlier one
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="tab:green", alpha=0.6,
+                    linewidth=1.5, zorder=2, label="Pareto frontier (outlined points)")
         for i, (name, x, y) in enumerate(points):
-            ax.scatter(x, y, s=50, zorder=3)
+            recommended = name == results["recommendation"]["model"]
+            # the recommended model is a star (in the legend), frontier points are outlined; labels stay
+            # the bare names so the label stacking below still fits
+            ax.scatter(x, y, s=160 if recommended else 50, marker="*" if recommended else "o", zorder=3,
+                       edgecolors="black" if name in results["pareto"][axis] else "none",
+                       label="recommended" if recommended else None)
             # Stack the labels of points whose labels would overprint (pruning keeps the size; int8 and
             # fp32 latencies of a small model are close): a label is ~15% of the axis wide.
             stacked = sum(abs(x - x2) <= 0.15 * x_span and abs(y - y2) <= 0.03 for _, x2, y2 in points[:i])
@@ -167,8 +283,11 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
     axes[0].set_ylabel("task accuracy")
     axes[0].set_title("accuracy vs size")
     axes[1].set_title("accuracy vs latency")
-    if baselines:
-        axes[1].legend(loc="lower right")
+    legend: dict[str, Any] = {}  # one legend for both panels: the frontier line may be drawn in one only
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    axes[1].legend(list(legend.values()), list(legend), loc="lower right")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)

@@ -31,6 +31,7 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
 from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError
+from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def prepare_base(cfg: ModelConfig, out: Path = BASE) -> dict[str, Any]:
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         write_json(tmp / MANIFEST, manifest)
+        write_bundle(tmp, "base")  # no task yet: preprocess runs after this stage
     log.info("wrote %s (%s, %d parameters) in %.1f s", out, manifest["model_type"], manifest["parameters"],
              time.perf_counter() - start)
     return manifest

@@ -44,6 +44,7 @@ from lmforge import hardware, paths
 from lmforge.artifacts import atomic_dir, replace_dir, write_json
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.training.data import PadCollator
 from lmforge.training.losses import lm_loss
@@ -333,9 +334,10 @@ def run_seconds(checkpoint: str | Path) -> float | None:
         return None
 
 
-def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState) -> None:
-    """Save the model and tokenizer to `output` atomically. Every rank calls the Trainer's save (FSDP gathers
-    the full state dict there); only the main process writes and renames."""
+def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState,
+                 stage: str, metrics: dict[str, Any]) -> None:
+    """Save the model, tokenizer, task and model card to `output` atomically. Every rank calls the Trainer's
+    save (FSDP gathers the full state dict there); only the main process writes and renames."""
     tmp = output.with_name(f".{output.name}.tmp-trained")
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -346,6 +348,7 @@ def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: P
         # (the parameters are in params.yaml and dvc.lock).
         (tmp / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(tmp))
+        write_bundle(tmp, stage, metrics=metrics)
         replace_dir(tmp, output)
     state.wait_for_everyone()
 
@@ -361,14 +364,15 @@ def whole_run_loss(state: TrainerState) -> float | None:
     return total / previous if previous else None
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path,
-               save: Callable[[Path], None] | None = None) -> None:
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path, stage: str,
+               metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
     """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
     tokenizer to `output` atomically; for stages that check the trained model before saving it."""
     if int(os.environ.get("RANK", "0")) == 0:
         with atomic_dir(output) as folder:
             save(folder) if save is not None else model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
+            write_bundle(folder, stage, metrics=metrics)
 
 
 def fit(
@@ -466,7 +470,7 @@ def fit(
                 metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
 
         if output is not None:
-            save_trained(trainer, tokenizer, output, state)
+            save_trained(trainer, tokenizer, output, state, stage, metrics)  # the card carries these metrics
             if state.is_main_process:
                 log.info("%s: saved %s", stage, output)
         if complete and live is not None:

@@ -1,0 +1,215 @@
+"""Model folders of the chain, in every format, behind one interface: detect, load, classify, generate.
+
+A format is known by its manifest, the file that identifies it in a folder:
+
+    hf         config.json + model*.safetensors   `save_pretrained` folders (base, general, teacher, student,
+                                                  pruned by a method that keeps HF shapes)
+    quantized  quantization.json                  lmforge.compression.quantize (models/quantized): torch dynamic
+                                                  int8 (model_int8.safetensors), ONNX Runtime int8 (model.onnx) or
+                                                  bf16 (model.safetensors), each loaded in its own runtime
+    lowrank    lowrank.json                       lmforge.compression.lowrank (models/pruned with prune=lowrank)
+
+A loaded model is anything that `model(input_ids=..., attention_mask=...)` turns into an object with
+`.logits` (batch, seq, vocab), the interface lmforge.evaluation.metrics already measures; scoring
+the label words and sampling are written once against it. A new format (ONNX, factored low-rank) is
+one `register_format(...)` call with a loader that returns such a callable, e.g.
+
+    register_format("onnx", "onnx_manifest.json", ("model.onnx",), load_onnx)  # load_onnx(folder) -> model
+
+A format whose manifest is config.json matches only when no other format's manifest is in the folder.
+
+Folders are read from safetensors and JSON only: no pickle, no `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.artifacts import read_json
+from lmforge.errors import DataError
+from lmforge.evaluation import metrics
+from lmforge.modelcard import TASK_FILE
+
+BATCH_SIZE = 32
+GENERIC_MANIFEST = "config.json"  # every format carries one: it identifies a folder only when nothing else does
+# Which DVC stage writes each model folder of the chain (for "run `dvc repro <stage>`" messages).
+PRODUCED_BY = {"base": "base", "general": "pretrain", "teacher": "finetune", "student": "distill",
+               "pruned": "prune", "quantized": "quantize"}
+
+
+class ModelFolderError(DataError):
+    """A folder that is not a complete model folder of the chain."""
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    name: str
+    manifest: str  # the file that identifies the format
+    weights: tuple[str, ...]  # globs of the weight files: at least one must match, and they count as its bytes
+    load: Callable[[Path], Any]  # folder -> a model called as model(input_ids=, attention_mask=).logits
+
+
+FORMATS: dict[str, ModelFormat] = {}
+
+
+def register_format(name: str, manifest: str, weights: tuple[str, ...], load: Callable[[Path], Any]) -> None:
+    FORMATS[name] = ModelFormat(name, manifest, weights, load)
+
+
+def _load_hf(folder: Path) -> Any:
+    from lmforge.modeling.checks import load_model
+
+    # safetensors only, and a truncated file or a non-finite weight named with the stage that writes it
+    return load_model(folder, PRODUCED_BY.get(folder.name, "the stage that wrote it"))
+
+
+def _load_quantized(folder: Path, threads: int | None = None) -> Any:
+    from lmforge.compression.quantize import load_quantized
+
+    return load_quantized(folder, threads=threads)  # ONNX Runtime sessions take their thread count up front
+
+
+def _load_lowrank(folder: Path) -> Any:
+    from lmforge.compression.lowrank import load_lowrank
+
+    return load_lowrank(folder)
+
+
+register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), _load_hf)
+register_format("quantized", "quantization.json", ("model_int8.safetensors", "model.onnx", "model.safetensors"),
+                _load_quantized)
+register_format("lowrank", "lowrank.json", ("model_lowrank.safetensors",), _load_lowrank)
+
+
+def _hint(folder: Path) -> str:
+    stage = PRODUCED_BY.get(folder.name)
+    return f"run `dvc repro {stage}`" if stage else "rerun the stage that writes it"
+
+
+def detect_format(folder: str | Path) -> ModelFormat:
+    """The format of a model folder, from its manifest; ModelFolderError with the reason when it has none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ModelFolderError(f"{folder}: not found" + (f" ({_hint(folder)})" if folder.name in PRODUCED_BY else ""))
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: not a folder (MODEL is a model folder, e.g. models/quantized)")
+    if ".tmp-" in folder.name or ".old-" in folder.name:
+        raise ModelFolderError(f"{folder}: a temporary folder left by an interrupted stage, not a model "
+                               f"(its model is {folder.parent / folder.name.split('.')[1]}; rerun `dvc repro`)")
+    if (folder / "trainer_state.json").is_file():
+        raise ModelFolderError(f"{folder}: a training checkpoint of an unfinished or resumable stage, not a "
+                               "model of the chain (use the stage's folder under models/)")
+    found = [f for f in FORMATS.values() if (folder / f.manifest).is_file()]
+    specific = [f for f in found if f.manifest != GENERIC_MANIFEST]
+    fmt = specific[0] if specific else (found[0] if found else None)
+    if fmt is None:
+        if (folder / "base.json").is_file():
+            raise ModelFolderError(f"{folder}: holds only the base manifest (model.init=scratch): no model here; "
+                                   "the models of the chain are models/general, teacher, student, pruned, quantized")
+        names = sorted(p.name for p in folder.iterdir())
+        manifests = ", ".join(f"{f.manifest} ({f.name})" for f in FORMATS.values())
+        raise ModelFolderError(f"{folder}: not a model folder of lmforge: none of {manifests} in it "
+                               f"(found: {', '.join(names[:8]) or 'nothing'}{', ...' if len(names) > 8 else ''})")
+    if not weight_files(folder, fmt):
+        raise ModelFolderError(f"{folder}: has {fmt.manifest} but no weights ({' or '.join(fmt.weights)}): "
+                               f"written by an unfinished stage; {_hint(folder)}")
+    return fmt
+
+
+def weight_files(folder: Path, fmt: ModelFormat) -> list[Path]:
+    return sorted({p for pattern in fmt.weights for p in folder.glob(pattern) if p.is_file()})
+
+
+@dataclass
+class LoadedModel:
+    folder: Path
+    format: ModelFormat
+    model: Any
+    tokenizer: Any
+    config: dict[str, Any]
+    task: dict[str, Any] | None
+
+    @property
+    def context_length(self) -> int | None:
+        return self.config.get("n_positions") or self.config.get("max_position_embeddings")
+
+    def classify(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
+                 progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
+        """Label and probability of each text, exactly as evaluate scores the test reviews: cleaned text +
+        prompt, kept from the end, and the most likely label word at the next position. The probability
+        is renormalised over the label words."""
+        from lmforge.data.cleaning import clean_text
+
+        task = self.require_task()
+        room = task["max_prompt_tokens"]
+        prompts = [ids[-room:] for ids in self.tokenizer([clean_text(t) + task["prompt"] for t in texts])["input_ids"]]
+        if any(not ids for ids in prompts):
+            raise DataError("a text and the prompt encode to no tokens")
+        probs = metrics.label_log_probs(self.model, prompts, task["label_token_ids"], batch_size,
+                                        progress).softmax(dim=-1)
+        labels = [w.strip() for w in task["label_words"]]
+        best = probs.argmax(dim=-1)
+        return [{"label": labels[int(i)], "probability": round(float(p[i]), 4)}
+                for p, i in zip(probs, best, strict=True)]
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 40, temperature: float = 1.0, top_k: int | None = 50,
+                 seed: int = 0) -> str:
+        """Sample a continuation of `prompt` (temperature 0: greedy), one full forward per token so that
+        every format, not only `transformers` models, generates the same way."""
+        ids = self.tokenizer(prompt)["input_ids"] or [self.tokenizer.eos_token_id]
+        generator = torch.Generator().manual_seed(seed)
+        window = self.context_length or len(ids) + max_new_tokens
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            context = torch.tensor([(ids + new)[-window:]])
+            logits = self.model(input_ids=context, attention_mask=torch.ones_like(context)).logits[0, -1].float()
+            if temperature == 0:
+                token = int(logits.argmax())
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+            if token == self.tokenizer.eos_token_id:
+                break
+            new.append(token)
+        return self.tokenizer.decode(new)
+
+    def require_task(self) -> dict[str, Any]:
+        if self.task is None:
+            raise ModelFolderError(f"{self.folder}: no {TASK_FILE}, so no prompt and label words to classify with "
+                                   "(a model folder written before folders carried their task, or not of the "
+                                   "chain: rerun `dvc repro`)")
+        return self.task
+
+
+def load_weights(folder: str | Path, threads: int | None = None) -> Any:
+    """Only the model of a folder in any registered format (what evaluate measures), in eval mode; `threads`:
+    the intra-op threads of a runtime that fixes them when it loads (ONNX Runtime)."""
+    folder = Path(folder)
+    fmt = detect_format(folder)
+    model = fmt.load(folder, threads=threads) if fmt.name == "quantized" else fmt.load(folder)
+    return model.eval() if hasattr(model, "eval") else model  # an ONNX session has no train/eval modes
+
+
+def load_model(folder: str | Path) -> LoadedModel:
+    """The model of a folder in any registered format, in eval mode, with its tokenizer and task."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    fmt = detect_format(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{folder}: no usable tokenizer ({exc}); model folders of the chain carry one, "
+                               f"{_hint(folder)}") from exc
+    config = read_json(folder / GENERIC_MANIFEST) if (folder / GENERIC_MANIFEST).is_file() else {}
+    task = read_json(folder / TASK_FILE) if (folder / TASK_FILE).is_file() else None
+    return LoadedModel(folder, fmt, load_weights(folder), tokenizer, config, task)

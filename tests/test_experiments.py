@@ -1,0 +1,67 @@
+"""Experiments as a DVC user runs them: a readable `dvc exp show`, and a queued sweep.
+
+Both use the committed tiny run of the session fixture `tiny_run`; queued experiments run in DVC's
+temporary workspaces, which hold only git- and DVC-tracked files, so the sweep also checks that the
+pipeline needs nothing else.
+"""
+
+import json
+import subprocess
+import time
+
+import pytest
+from dvc_repo import run
+
+pytestmark = pytest.mark.slow
+
+HEADLINE = "metrics/headline.json"
+
+
+def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run):
+    repo, env = tiny_run
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
+    files = {name for data in shown.values() for name in data["data"]}
+    assert files == {HEADLINE}
+    headline = json.loads((repo / HEADLINE).read_text())
+    assert set(headline["quantized"]) == {"accuracy", "ppl_general", "ppl_domain", "mb", "p50_ms", "speedup"}
+    assert headline["recommended"] in ("teacher", "student", "pruned", "quantized")
+    # the detailed records are still there for whoever reads them
+    assert "sources" in json.loads((repo / "metrics/preprocess.json").read_text())
+    columns = run(["dvc", "exp", "show", "--csv"], repo, env).splitlines()[0].split(",")
+    numbers = {"accuracy", "ppl_general", "ppl_domain", "mb", "p50_ms", "speedup"}
+    metric_columns = [c for c in columns if c == "recommended" or c.rsplit(".", 1)[-1] in numbers]
+    assert len(metric_columns) == 6 * 5 + 2 + 1  # was 230 metric columns (384 in all) before headline.json
+
+
+def test_a_queued_sweep_runs_both_experiments(tiny_run):
+    repo, env = tiny_run
+    # -S profile=tiny: DVC recomposes params.yaml from conf/ with only the overrides given
+    out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "prune.amount=0.3,0.7"], repo, env)
+    assert out.count("Queued experiment") == 2
+    run(["dvc", "queue", "start"], repo, env)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            status = run(["dvc", "queue", "status"], repo, env)
+            if not any(state in status for state in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, f"the queue did not finish in 15 minutes:\n{status}"
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
+    experiments = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                amount = data["params"]["params.yaml"]["data"]["prune"]["amount"]
+                experiments[amount] = data["metrics"][HEADLINE]["data"]
+    assert set(experiments) == {0.3, 0.7}
+    light, heavy = experiments[0.3], experiments[0.7]
+    assert light["pruned"]["ppl_domain"] != heavy["pruned"]["ppl_domain"]
+    # upstream of prune nothing reran: the teacher's numbers other than its latency are the same
+    assert light["teacher"]["accuracy"] == heavy["teacher"]["accuracy"]
+    assert light["teacher"]["ppl_domain"] == heavy["teacher"]["ppl_domain"]
