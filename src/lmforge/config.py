@@ -240,7 +240,7 @@ class EvaluateConfig:
     latency_runs: int = spec(ge=1)
     throughput_batch: int = spec(ge=1)
     throughput_runs: int = spec(ge=1)
-    gate: GateConfig = spec()  # what "as good as the teacher" means for the recommended model (same checks as the stages')
+    gate: GateConfig = spec()  # "as good as the teacher" for the recommended model (the stages' gate checks)
 
 
 SECTIONS: dict[str, type] = {
