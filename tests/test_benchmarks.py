@@ -60,3 +60,13 @@ def test_gpu_check_dry_run_exercises_the_gpu_script_on_a_cpu(tmp_path):
     assert train["loss"] == pytest.approx(train["loss"])  # a number, not NaN
     assert positive(res["inference"]["fp32"]["throughput"]["tokens_per_s"])
     assert res["inference"]["int8"]["status"].startswith("not available")
+
+
+def test_kd_memory_compares_the_plain_and_the_chunked_distillation_loss(tmp_path):
+    result = run("benchmarks/kd_memory.py", "--tiny", "--steps", "2", "--rounds", "1", "--threads", "1",
+                 output=tmp_path / "kd.json")
+    for variant in ("plain", "chunked"):
+        assert positive(result["result"][variant]["step_s"]["median"])
+        assert result["result"][variant]["peak_rss_mb"]["median"] > 0
+    assert positive(result["ratios"]["step_time_chunked_over_plain"])
+    assert result["environment"]["cpu"]
