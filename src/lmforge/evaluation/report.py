@@ -41,8 +41,9 @@ def pareto_records(results: dict[str, Any]) -> list[dict[str, Any]]:
 def summary_markdown(results: dict[str, Any]) -> str:
     models, baselines, env, data = (results["models"], results["baselines"], results["environment"],
                                     results["data"])
+    external = results.get("external", {})
     header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy",
-              "retention", "p50 ms", "speedup", "tokens/s"]
+              "retention", "p50 ms", "speedup", "tokens/s"] + [f"accuracy {name}" for name in external]
     lines = ["# Evaluation summary", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, r in models.items():
@@ -50,17 +51,27 @@ def summary_markdown(results: dict[str, Any]) -> str:
                  f"{r['bytes_on_disk'] / MB:.3f}", f"{r['ppl_general']:.2f}", f"{r['ppl_domain']:.2f}",
                  f"{r['accuracy']:.3f}", _fmt(r["accuracy_retention"], "{:.2f}"),
                  f"{r['latency_p50_ms']:.2f}", _fmt(r["speedup_p50"], "{:.2f}x"), f"{r['tokens_per_s']:,.0f}"]
+        cells += [f"{r['external_accuracy'][name]:.3f}" for name in external]
         lines.append("| " + " | ".join(cells) + " |")
     for name, b in baselines.items():
         label = {"bag_of_words": "bag-of-words baseline", "majority": "majority class"}.get(name, name)
-        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * 4) + " |")
+        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (4 + len(external)))
+                     + " |")
     lines += ["",
               "Retention is accuracy relative to the teacher; speedup is the teacher's p50 latency over the "
               "model's. MB are 10^6 bytes of weight files on disk. Perplexity on "
               f"{data['lm_blocks_general']} general and {data['lm_blocks_domain']} domain test blocks, "
               f"accuracy on {data['task_examples']} test examples; latency is one forward pass over "
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}.",
-              "", "## Reading", "", reading(results), "", "## Environment", ""]
+              ""]
+    if external:
+        lines += ["External test sets (not splits of the training corpora; texts that occur in any training "
+                  "corpus, any split, are dropped):", ""]
+        lines += [f"- {name}: {st['examples']} examples ({st['rows_read']} read, {st['duplicates_removed']} "
+                  f"duplicates, {st['overlap_with_training_dropped']} found in the training corpora and dropped), "
+                  f"{st['positive_fraction']:.0%} positive" for name, st in external.items()]
+        lines += [""]
+    lines += ["## Reading", "", reading(results), "", "## Environment", ""]
     lines += [f"- {key}: {value}" for key, value in env.items()]
     lines += ["", "![accuracy against size and latency](pareto.png)", ""]
     return "\n".join(lines)
