@@ -10,7 +10,7 @@ from lmforge.evaluation.report import write_report
 
 
 def main() -> None:
-    params = stage_params("evaluate")
+    params = stage_params("evaluate", "model")  # model.init: whether the base model is measured too
     results = evaluate(params)
     write_report(results)
 

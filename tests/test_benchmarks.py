@@ -76,3 +76,13 @@ def test_compression_speed_measures_every_variant_against_dense(tmp_path):
     for row in rows.values():
         assert positive(row["speedup_batch1"]["median"]) and positive(row["ms_batch16"])
     assert result["environment"]["cpu"] and "cpu_flags" in result["environment"]
+
+
+def test_kd_memory_compares_the_plain_and_the_chunked_distillation_loss(tmp_path):
+    result = run("benchmarks/kd_memory.py", "--tiny", "--steps", "2", "--rounds", "1", "--threads", "1",
+                 output=tmp_path / "kd.json")
+    for variant in ("plain", "chunked"):
+        assert positive(result["result"][variant]["step_s"]["median"])
+        assert result["result"][variant]["peak_rss_mb"]["median"] > 0
+    assert positive(result["ratios"]["step_time_chunked_over_plain"])
+    assert result["environment"]["cpu"]

@@ -337,3 +337,135 @@ def test_the_recommended_model_is_the_fastest_inside_the_gate():
     assert report.recommend(models, gate)["model"] == "quantized"
     assert report.recommend(models, {**gate, "max_accuracy_drop": 0.1})["model"] == "pruned"
     assert report.recommend({"student": row(0.9, 1, 1)}, gate)["model"] is None  # no teacher to compare with
+
+
+# --- external test sets and the base model ---------------------------------------------------------
+
+SHARED = REPO.parent / "shared" / "data"
+WORDS = ["good", "great", "fine", "bad", "awful", "dull", "film", "movie", "plot", "acting", "the", "a", "was",
+         "is", "not", "very", "Sentiment", ":", ".", ","]
+
+
+def word_tokenizer() -> None:
+    """data/processed/tokenizer: a word-level tokenizer whose ids fit the tiny models' 100-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0} | {w: i + 1 for i, w in enumerate(WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[UNK]").save_pretrained(
+        str(paths.TOKENIZER))
+
+
+def seen_texts(texts: list[str]) -> None:
+    """data/processed/text_digests.npy as preprocess writes it, for these training texts."""
+    import numpy as np
+
+    from lmforge.data.cleaning import overlap_key
+
+    np.save(paths.TEXT_DIGESTS, np.unique(np.array([overlap_key(t) for t in texts], dtype=np.uint64)))
+
+
+def external_spec(name: str, label_files: list[str], **corpus) -> dict:
+    base = {"path": "text", "name": None, "files": [], "label_files": label_files, "splits": ["train"],
+            "sample_by": "line", "encoding": "utf-8", "text_column": "text", "label_column": None,
+            "label_values": [], "detokenize": "none"}
+    return {"name": name, "source": "local", "max_examples": None, "corpus": base | corpus}
+
+
+def with_external(layout: Path, specs: list[dict], *overrides: str) -> None:
+    import yaml
+
+    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[teacher,student]", *overrides],
+            conf_dir=REPO / "conf")
+    params = yaml.safe_load((layout / "params.yaml").read_text())
+    params["evaluate"]["external"] = specs
+    (layout / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+FRESH = [f"the {a} was {b} ." for a in ("film", "movie", "plot", "acting") for b in ("good", "great", "bad", "dull")]
+
+
+@pytest.fixture
+def external_layout(layout):
+    word_tokenizer()
+    seen_texts(["the film was awful .", "a very fine movie .", "not good , not bad ."])
+    (layout / "ext").mkdir()
+    (layout / "ext" / "neg.txt").write_text("\n".join(FRESH[1::2] + ["The film was AWFUL!"]) + "\n")
+    (layout / "ext" / "pos.txt").write_text("\n".join(FRESH[0::2] + ["a very fine movie", "", "the film was good ."])
+                                            + "\n")
+    return layout
+
+
+def test_external_sets_are_measured_for_every_model_with_training_overlap_dropped(external_layout):
+    with_external(external_layout, [external_spec("reviews", ["ext/neg.txt", "ext/pos.txt"])])
+    run_stage()
+    results = json.loads((external_layout / "metrics" / "evaluate.json").read_text())
+    stats = results["external"]["reviews"]
+    # 8 + 1 negative lines, 8 + 3 positive (one empty, one a duplicate); 2 seen in training, up to case and punctuation
+    assert stats["overlap_with_training_dropped"] == 2
+    assert stats["duplicates_removed"] == 1 and stats["empty_removed"] == 1
+    assert stats["examples"] == 16 and stats["positive_fraction"] == 0.5
+    for name in ("teacher", "student"):
+        accuracy = results["models"][name]["external_accuracy"]["reviews"]
+        assert 0.0 <= accuracy <= 1.0
+    summary = (external_layout / "reports" / "summary.md").read_text()
+    assert "accuracy reviews" in summary and "2 found in the training corpora and dropped" in summary
+
+
+def test_external_set_mostly_seen_in_training_stops_before_any_model_is_loaded(external_layout, monkeypatch):
+    (external_layout / "ext" / "seen-neg.txt").write_text("the film was awful .\nNot good, not bad!\n")
+    (external_layout / "ext" / "seen-pos.txt").write_text("A very fine movie.\nthe film was good .\n")
+    with_external(external_layout, [external_spec("copies", ["ext/seen-neg.txt", "ext/seen-pos.txt"])])
+    loaded = []
+    monkeypatch.setattr(evaluate_module, "load_model", lambda name: loaded.append(name))
+    with pytest.raises(DataError, match=r"evaluate.external\[0\] \(copies\): 3 of its 4 texts \(75%\) occur in the "
+                                        r"training corpora"):
+        run_stage()
+    assert loaded == [] and not (external_layout / "metrics" / "evaluate.json").exists()
+
+
+@pytest.mark.parametrize("corpus, error", [
+    ({"label_files": ["ext/missing-*.txt", "ext/pos.txt"]}, r"pattern 'ext/missing-\*.txt' matches no file"),
+    ({"path": "csv", "label_files": [], "files": ["ext/set.csv"], "text_column": "review", "label_column": "label",
+      "label_values": ["0", "1"]}, r"has no column 'review' \(columns found: text, label\)"),
+    ({"path": "csv", "label_files": [], "files": ["ext/set.csv"], "label_column": "label",
+      "label_values": ["0", "1"]}, r"label value 2 in column 'label' of ext/set.csv is not one of the label_values"),
+    ({"label_files": ["ext/pos.txt"]}, r"1 labels \(label_files or label_values\) for the task's 2 label words"),
+])
+def test_bad_external_spec_fails_before_any_model_is_loaded(external_layout, monkeypatch, corpus, error):
+    (external_layout / "ext" / "set.csv").write_text("text,label\nthe film was good .,1\nthe plot was dull .,2\n")
+    with_external(external_layout, [external_spec("bad", corpus.pop("label_files", []), **corpus)])
+    loaded = []
+    monkeypatch.setattr(evaluate_module, "load_model", lambda name: loaded.append(name))
+    with pytest.raises((DataError, ConfigError), match=error):
+        run_stage()
+    assert loaded == []
+
+
+@pytest.mark.skipif(not (SHARED / "rt-polarity").is_dir(), reason="../shared/data/rt-polarity is not beside the repo")
+def test_rt_polarity_from_shared_data_as_an_external_set(external_layout):
+    files = [str(SHARED / "rt-polarity" / f"rt-polarity.{label}") for label in ("neg", "pos")]
+    with_external(external_layout, [external_spec("rt_polarity", files) | {"max_examples": 40}])
+    run_stage()
+    results = json.loads((external_layout / "metrics" / "evaluate.json").read_text())
+    stats = results["external"]["rt_polarity"]
+    assert stats["rows_read"] == 40 and stats["examples"] == 40 and stats["positive_fraction"] == 0.5
+    assert set(results["models"]["teacher"]["external_accuracy"]) == {"rt_polarity"}
+
+
+def test_base_model_is_measured_first_when_the_chain_starts_from_a_pretrained_model(layout):
+    tiny_gpt2(2, 5).save_pretrained(paths.model_dir("base"))
+    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[teacher,student]", "model.init=pretrained",
+                                     "model.name_or_path=some/checkpoint"], conf_dir=REPO / "conf")
+    run_stage()
+    results = json.loads((layout / "metrics" / "evaluate.json").read_text())
+    assert list(results["models"]) == ["base", "teacher", "student"]
+    assert "| base |" in (layout / "reports" / "summary.md").read_text()
+
+
+def test_base_model_without_a_pretrained_chain_is_a_config_error(layout):
+    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[base,teacher]"], conf_dir=REPO / "conf")
+    with pytest.raises(ConfigError, match=r"'base' \(models/base holds weights only with model.init=pretrained"):
+        run_stage()

@@ -9,7 +9,7 @@ from lmforge.config import KDConfig, ModelConfig, StudentConfig
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
 from lmforge.training.data import PadCollator
 from lmforge.training.distill import DistillationTrainer
-from lmforge.training.losses import IGNORE_INDEX, kd_loss, lm_loss
+from lmforge.training.losses import IGNORE_INDEX, distillation_loss, kd_loss, lm_loss
 
 TEACHER = ModelConfig(arch="gpt2", init="scratch", name_or_path=None, gguf_file=None, n_layer=4, n_head=2,
                       n_embd=32, n_positions=32, dropout=0.0)
@@ -78,6 +78,43 @@ def test_kd_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
     changed = other.clone()
     changed[:, 3:] += 100.0
     assert kd_loss(changed, logits, padded, 2.0).item() == pytest.approx(kd_loss(other, logits, padded, 2.0).item())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_chunked_distillation_losses_equal_the_plain_ones_in_value_and_gradient(family):
+    """The memory-bounded KD + CE (chunks of positions, teacher logits from its hidden state) is exact."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        teacher = teacher_model()
+    else:
+        teacher = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                               hidden_size=32, intermediate_size=64, vocab_size=50,
+                                               bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    ids = torch.randint(1, 50, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0  # a padded example
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    labels[1, :-1] = IGNORE_INDEX  # a task example: only its last token is a target
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        hidden = teacher.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    head = teacher.get_output_embeddings()
+
+    plain_logits = torch.randn(3, 12, 50, requires_grad=True)
+    chunked_logits = plain_logits.detach().clone().requires_grad_(True)
+    kd, ce = kd_loss(plain_logits, teacher_logits, mask, 2.0), lm_loss(plain_logits, labels)
+    # 3 x 50 elements per chunk: one position at a time, eleven chunks
+    loss, kd_chunked, ce_chunked = distillation_loss(chunked_logits, hidden, head, labels, mask, 2.0, 0.7, 0.3,
+                                                     chunk_elements=150)
+    assert kd_chunked.item() == pytest.approx(kd.item(), rel=1e-5)
+    assert ce_chunked.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((0.7 * kd + 0.3 * ce).item(), rel=1e-5)
+    (0.25 * (0.7 * kd + 0.3 * ce)).backward()  # a scaled loss, as under gradient accumulation
+    (0.25 * loss).backward()
+    assert torch.allclose(plain_logits.grad, chunked_logits.grad, atol=1e-7)
+    assert not head.weight.requires_grad or head.weight.grad is None  # the teacher is not trained
 
 
 def test_lm_loss_is_hf_loss_for_blocks_and_weighs_every_example_equally():

@@ -229,9 +229,20 @@ class QuantizeConfig:
 
 
 @dataclass
+class ExternalSetConfig:
+    """A labelled test set that is not a split of the training corpora (evaluate.external)."""
+
+    name: str = spec()  # a short identifier: the key in metrics/evaluate.json and the report's column
+    source: str = spec(choices=("local", "hub"))  # as data.source: files through a builder, or a hub dataset
+    max_examples: int | None = spec(ge=1)  # read at most this many (null: all)
+    corpus: CorpusConfig = spec()  # described like data.task: path, files or label_files, columns, label_values
+
+
+@dataclass
 class EvaluateConfig:
-    models: list[str] = spec()  # which models of the chain, in order
+    models: list[str] = spec()  # which models of the chain, in order (base is added when model.init=pretrained)
     precision: str = spec(choices=("auto", "fp32", "bf16", "fp16"))  # of the fp32 models (int8 run their own)
+    external: list[ExternalSetConfig] = spec()  # labelled test sets from elsewhere, checked for overlap
     threads: int = spec(ge=1, le=256)  # torch threads for latency and throughput
     max_lm_blocks: int = spec(ge=1)  # perplexity on at most this many test blocks per corpus
     max_task_examples: int = spec(ge=1)
@@ -259,7 +270,7 @@ SECTIONS: dict[str, type] = {
 # Top-level scalars of params.yaml besides the sections (each checked in `validate_params`).
 TOP_LEVEL_KEYS = ("seed", "launcher")
 
-MODEL_NAMES = ("general", "teacher", "student", "pruned", "quantized")
+MODEL_NAMES = ("base", "general", "teacher", "student", "pruned", "quantized")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ data/processed/ (preprocess):
     task/             DatasetDict train/validation/test; columns `text` (str, cleaned review),
                       `label` (int, index into label_words), `prompt_ids` (list[int]: review + prompt)
     task_meta.json    {"prompt", "label_words", "label_token_ids", "block_size"}
+    text_digests.npy  sorted uint64 `overlap_key` of every kept document, every corpus and split: what an
+                      external test set is checked against (numpy .npy, read with allow_pickle=False)
 models/<name>/        `save_pretrained` folders (safetensors + tokenizer); models/quantized has its own
                       manifest and loader (lmforge.compression.quantize.load_quantized)
 """
@@ -19,6 +21,7 @@ LM_GENERAL = PROCESSED / "lm_general"
 LM_DOMAIN = PROCESSED / "lm_domain"
 TASK = PROCESSED / "task"
 TASK_META = PROCESSED / "task_meta.json"
+TEXT_DIGESTS = PROCESSED / "text_digests.npy"
 
 MODELS = Path("models")
 PARAMS_VALID = MODELS / ".params-valid"  # the validate stage's output, a dependency of every other stage

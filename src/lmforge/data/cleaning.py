@@ -27,6 +27,12 @@ def digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest(), "big")
 
 
+def overlap_key(text: str) -> int:
+    """What a text shares with its near-copies (same words up to case, punctuation and spacing), as 64 bits:
+    the key of the overlap check between external test sets and the training corpora."""
+    return digest(normalized_key(text)) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 class DocumentFilter:
     """Cleans a stream of documents one at a time and counts what each step did.
 

@@ -34,7 +34,7 @@ from lmforge.config import DataConfig, PreprocessConfig
 from lmforge.data import RawCorpora, sources, synthetic
 from lmforge.data.arrow_files import BlockWriter, TextFile
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
-from lmforge.data.cleaning import DocumentFilter, digest, normalized_key
+from lmforge.data.cleaning import DocumentFilter, digest, normalized_key, overlap_key
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def preprocess(params: dict[str, Any]) -> dict[str, Any]:
                 splits[name], metrics["sources"][name] = spill_corpus(name, docs, docs_filter, cfg, work)
         key = normalized_key if cfg.dedupe == "normalized" else None
         metrics["leakage"] = check_leakage(splits, key=key, disjoint_task_domain=carve)
+        save_text_digests(splits, out / paths.TEXT_DIGESTS.name)
 
         if tokenizer is None:
             tokenizer = train_tokenizer(tokenizer_corpus(splits, labels, cfg), cfg.vocab_size)
@@ -268,6 +269,14 @@ def check_leakage(splits: dict[str, dict[str, Iterable[str]]], key: Callable[[st
     return overlaps
 
 
+def save_text_digests(splits: dict[str, dict[str, Iterable[str]]], path: Path) -> None:
+    """The `overlap_key` of every document of every corpus and split, sorted (8 bytes a document), so that
+    evaluate can drop the texts of an external test set that the models have seen or been tested on."""
+    keys = np.fromiter((overlap_key(doc) for parts in splits.values() for docs in parts.values() for doc in docs),
+                       dtype=np.uint64)
+    np.save(path, np.unique(keys), allow_pickle=False)
+
+
 def tokenizer_corpus(splits: dict[str, dict[str, Iterable[str]]], labels: dict[str, int],
                      cfg: PreprocessConfig) -> Iterable[str]:
     """Training splits only, task examples formatted as the models will see them."""
@@ -378,6 +387,16 @@ def _text_batches(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
         yield batch
 
 
+def encode_prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
+                   block_size: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of review + prompt, as every model is asked (task examples and external test sets alike),
+    and whether each was truncated: a review too long for the block keeps its end, leaving one position
+    for the label word."""
+    room = block_size - 1
+    ids = tokenizer([text + prompt for text in texts])["input_ids"]
+    return [x[-room:] for x in ids], [len(x) > room for x in ids]
+
+
 def _procs(num_proc: int, docs: list) -> int | None:
     """Worker processes for `Dataset.map`: None (in-process) unless several are asked for and the
     split is large enough to be worth starting them."""
@@ -388,12 +407,11 @@ def task_examples(parts: dict[str, list[str]], labels: dict[str, int], tokenizer
                   cfg: PreprocessConfig) -> tuple[DatasetDict, dict[str, Any]]:
     """Columns text, label, prompt_ids (review + prompt). A review too long for the block keeps its
     end: the tokens nearest the prompt, where the "but" clause that decides the label usually is."""
-    room = cfg.block_size - 1  # one position for the label word
-    prompt = cfg.prompt  # not cfg: Dataset.map fingerprints the closure, so new config keys would change it
+    prompt, block_size = cfg.prompt, cfg.block_size  # not cfg: Dataset.map fingerprints the closure
 
     def encode(batch: dict) -> dict:
-        ids = tokenizer([text + prompt for text in batch["text"]])["input_ids"]
-        return {"prompt_ids": [x[-room:] for x in ids], "truncated": [len(x) > room for x in ids]}
+        ids, truncated = encode_prompts(batch["text"], tokenizer, prompt, block_size)
+        return {"prompt_ids": ids, "truncated": truncated}
 
     out, metrics = DatasetDict(), {}
     truncated = 0

@@ -18,9 +18,10 @@ from torch import nn
 from lmforge import hardware, paths
 from lmforge.artifacts import read_json
 from lmforge.compression.quantize import weights_bytes
-from lmforge.config import MODEL_NAMES, EvaluateConfig
+from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import metrics
+from lmforge.evaluation.external import load_external_sets
 from lmforge.modelio import PRODUCED_BY, load_weights
 
 log = logging.getLogger(__name__)
@@ -31,34 +32,39 @@ EVAL_BATCH_SIZE = 16
 
 
 def evaluate(params: dict[str, Any]) -> dict[str, Any]:
-    """Measure the models named in params["evaluate"].models.
+    """Measure the models named in params["evaluate"].models (and the base model, when the chain starts
+    from a pretrained one: what adaptation bought is measured against it).
 
-    Returns {"models": {name: {...}}, "baselines": {...}, "data": {...}, "environment": {...}}.
+    Returns {"models": {name: {...}}, "baselines": {...}, "external": {...}, "data": {...}, "environment": {...}}.
     """
     cfg: EvaluateConfig = params["evaluate"]
     seed: int = params.get("seed", 0)
-    _check_inputs(cfg.models)
+    models = models_to_measure(cfg.models, params.get("model"))
+    _check_inputs(models)
 
     general = list(_test_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
     domain = list(_test_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
     task = _test_split(paths.TASK)
     task = task.select(range(min(cfg.max_task_examples, len(task))))
     prompts, labels = list(task["prompt_ids"]), list(task["label"])
-    label_token_ids = read_json(paths.TASK_META)["label_token_ids"]
+    task_meta = read_json(paths.TASK_META)
+    label_token_ids = task_meta["label_token_ids"]
     baselines = _baselines()  # read up front: a broken file should fail before minutes of measuring
+    external = load_external_sets(cfg.external, _tokenizer() if cfg.external else None, task_meta)
 
     env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
     # fp32 models run in this precision (auto: measured); quantized ones in their own dtype and runtime
     width = max(_width(read_json(paths.model_dir(name) / "config.json")) for name in cfg.models)
     env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)  # widest model
     results: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(cfg.models, start=1):
-        log.info("evaluate [%d/%d] %s: loading %s", i, len(cfg.models), name, paths.model_dir(name))
+    for i, name in enumerate(models, start=1):
+        log.info("evaluate [%d/%d] %s: loading %s", i, len(models), name, paths.model_dir(name))
         model = load_model(name, threads=cfg.threads)
         # the quantized model runs in its own dtype and runtime: its row names the method
         precision = quantized_method(name) or env["precision"]["precision"]
         with hardware.autocast(precision):
-            results[name] = _measure(name, model, cfg, general, domain, prompts, labels, label_token_ids, seed)
+            results[name] = _measure(name, model, cfg, general, domain, prompts, labels, label_token_ids, seed,
+                                     external)
         results[name]["precision"] = precision
         del model
 
@@ -66,6 +72,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     return {
         "models": {name: _rounded(row) for name, row in results.items()},
         "baselines": baselines,
+        "external": {s.name: s.stats for s in external},
         "data": {"lm_blocks_general": len(general), "lm_blocks_domain": len(domain),
                  "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
                  "throughput_batch": cfg.throughput_batch},
@@ -75,16 +82,20 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
-             labels: list, label_token_ids: list[int], seed: int) -> dict[str, Any]:
-    """One row of the report: size, perplexities, accuracy, latency, throughput of `model`."""
+             labels: list, label_token_ids: list[int], seed: int, external: list) -> dict[str, Any]:
+    """One row of the report: size, perplexities, accuracy (and on each external set), latency, throughput."""
     model_config = read_json(paths.model_dir(name) / "config.json")
-    _check_seq_len(name, model_config, [general, domain, prompts], cfg.latency_seq_len)
+    _check_seq_len(name, model_config, [general, domain, prompts, *(s.prompts for s in external)],
+                   cfg.latency_seq_len)
     vocab_size = model_config["vocab_size"]
     row: dict[str, Any] = dict(metrics.count_parameters(model))
     row["bytes_on_disk"] = weights_bytes(paths.model_dir(name))
     row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
     row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
     row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
+    if external:
+        row["external_accuracy"] = {s.name: metrics.task_accuracy(model, s.prompts, s.labels, label_token_ids,
+                                                                  EVAL_BATCH_SIZE) for s in external}
     lat = metrics.latency(model, cfg.latency_seq_len, cfg.latency_warmup, cfg.latency_runs,
                           vocab_size, threads=cfg.threads, seed=seed)
     row["latency_p50_ms"], row["latency_p90_ms"] = lat["p50_ms"], lat["p90_ms"]
@@ -107,6 +118,19 @@ def quantized_method(name: str) -> str | None:
     from lmforge.compression.quantize import method_of
 
     return method_of(paths.model_dir(name))
+
+
+def models_to_measure(models: list[str], model_cfg: ModelConfig | None) -> list[str]:
+    """evaluate.models, with `base` first when the chain starts from a pretrained model."""
+    pretrained = model_cfg is not None and model_cfg.init == "pretrained"
+    if "base" in models and not pretrained:
+        raise ConfigError("invalid value in 'evaluate.models': 'base' (models/base holds weights only with "
+                          "model.init=pretrained; model.init is scratch)")
+    return models if "base" in models or not pretrained else ["base", *models]
+
+
+def _tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(str(paths.TOKENIZER), trust_remote_code=False)
 
 
 def load_model(name: str, threads: int | None = None) -> nn.Module:

@@ -119,8 +119,9 @@ def pareto_records(results: dict[str, Any]) -> list[dict[str, Any]]:
 def summary_markdown(results: dict[str, Any]) -> str:
     models, baselines, env, data = (results["models"], results["baselines"], results["environment"],
                                     results["data"])
+    external = results.get("external", {})
     header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy",
-              "retention", "p50 ms", "speedup", "tokens/s", "Pareto"]
+              "retention", "p50 ms", "speedup", "tokens/s", "Pareto"] + [f"accuracy {name}" for name in external]
     fronts, rec = results["pareto"], results["recommendation"]
     lines = ["# Evaluation summary", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -130,11 +131,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
                  f"{r['accuracy']:.3f}", _fmt(r["accuracy_retention"], "{:.2f}"),
                  f"{r['latency_p50_ms']:.2f}", _fmt(r["speedup_p50"], "{:.2f}x"), f"{r['tokens_per_s']:,.0f}",
                  " + ".join(axis for axis in ("size", "latency") if name in fronts[axis]) or "-"]
+        cells += [f"{r['external_accuracy'][name]:.3f}" for name in external]
         label = f"**{name}** (recommended)" if name == rec["model"] else name
         lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
         label = {"bag_of_words": "bag-of-words baseline", "majority": "majority class"}.get(name, name)
-        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * 5) + " |")
+        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (5 + len(external)))
+                     + " |")
     lines += ["",
               "Retention is accuracy relative to the teacher; speedup is the teacher's p50 latency over the "
               "model's. MB are 10^6 bytes of weight files on disk. Perplexity on "
@@ -143,7 +146,15 @@ def summary_markdown(results: dict[str, Any]) -> str:
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}. "
               "Pareto: on the frontier of accuracy against size on disk and/or p50 latency (no other model is at "
               "least as accurate and at most as large, or as slow).",
-              "", "## Recommended model", "", recommendation_text(results), "",
+              ""]
+    if external:
+        lines += ["External test sets (not splits of the training corpora; texts that occur in any training "
+                  "corpus, any split, are dropped):", ""]
+        lines += [f"- {name}: {st['examples']} examples ({st['rows_read']} read, {st['duplicates_removed']} "
+                  f"duplicates, {st['overlap_with_training_dropped']} found in the training corpora and dropped), "
+                  f"{st['positive_fraction']:.0%} positive" for name, st in external.items()]
+        lines += [""]
+    lines += ["## Recommended model", "", recommendation_text(results), "",
               "## Reading", "", reading(results), "", "## Environment", ""]
     lines += [f"- {key}: {_env_value(value)}" for key, value in env.items()]
     lines += ["", "![accuracy against size and latency](pareto.png)", ""]

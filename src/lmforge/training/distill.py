@@ -3,7 +3,9 @@
     alpha_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha_ce * CE(student, labels)
 
 The KL term covers every real next-token position, so the student learns the teacher's whole
-distribution, not only the positions that carry a label (losses in lmforge.training.losses).
+distribution, not only the positions that carry a label (losses in lmforge.training.losses). Both
+terms are computed a chunk of positions at a time from the teacher's last hidden state, so a real
+vocabulary (SmolLM2: 49,152 tokens) costs one copy of the student's logits, not half a dozen.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from transformers import PreTrainedModel
 
 from lmforge import paths
 from lmforge.config import KDConfig
+from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
 from lmforge.modeling.checks import load_model
 from lmforge.training import data
-from lmforge.training.losses import kd_loss, lm_loss
+from lmforge.training.losses import distillation_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class DistillationTrainer(LMTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.kd = kd
+        check_logits_from_hidden(self.teacher)
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
 
@@ -40,12 +44,12 @@ class DistillationTrainer(LMTrainer):
         if not model.training:  # evaluation reports the student's own CE, comparable with every other model
             return super().compute_loss(model, inputs, return_outputs)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        ce = lm_loss(outputs.logits, inputs["labels"])
-        with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=inputs["input_ids"],
-                                          attention_mask=inputs["attention_mask"]).logits
-        kd = kd_loss(outputs.logits, teacher_logits, inputs["attention_mask"], self.kd.temperature)
-        loss = self.kd.alpha_kd * kd + self.kd.alpha_ce * ce
+        with torch.no_grad():  # the teacher's last hidden state; its logits are made chunk by chunk
+            teacher_hidden = self.teacher.base_model(input_ids=inputs["input_ids"],
+                                                     attention_mask=inputs["attention_mask"]).last_hidden_state
+        loss, kd, ce = distillation_loss(outputs.logits, teacher_hidden, self.teacher.get_output_embeddings(),
+                                         inputs["labels"], inputs["attention_mask"], self.kd.temperature,
+                                         self.kd.alpha_kd, self.kd.alpha_ce)
         self._sums["kd_loss"] += kd.item()
         self._sums["ce_loss"] += ce.item()
         self._count += 1
@@ -57,6 +61,18 @@ class DistillationTrainer(LMTrainer):
             self._sums = dict.fromkeys(self._sums, 0.0)
             self._count = 0
         super().log(logs, start_time)
+
+
+@torch.no_grad()
+def check_logits_from_hidden(model: PreTrainedModel) -> None:
+    """The chunked KD loss makes the teacher's logits as output_embeddings(base_model(x)): true of GPT-2 and
+    Llama-family models, not of a model that scales or caps its logits after the head; refuse those."""
+    ids = torch.arange(4, device=model.device).unsqueeze(0) % model.config.vocab_size
+    logits = model(input_ids=ids).logits
+    rebuilt = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state)
+    if not torch.allclose(logits.float(), rebuilt.float(), rtol=1e-4, atol=1e-4):
+        raise LmforgeError(f"distillation: the teacher ({type(model).__name__}) does not compute its logits as "
+                           "output_embeddings(last hidden state); the chunked KD loss cannot be used with it")
 
 
 def distill(params: dict[str, Any]) -> dict[str, Any]:

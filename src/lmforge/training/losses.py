@@ -40,3 +40,84 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attentio
     log_p_teacher = F.log_softmax(teacher_logits[:, :-1].float() / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
     return temperature**2 * per_example_mean(kl, attention_mask[:, 1:])
+
+
+# Positions x vocabulary entries one chunk of the distillation loss works on (16 MB of fp32 per temporary).
+KD_CHUNK_ELEMENTS = 1 << 22
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_hidden: torch.Tensor, teacher_head: torch.nn.Module,
+                      labels: torch.Tensor, attention_mask: torch.Tensor, temperature: float, alpha_kd: float,
+                      alpha_ce: float, chunk_elements: int = KD_CHUNK_ELEMENTS,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, kd, ce) with loss = alpha_kd * `kd_loss` + alpha_ce * `lm_loss`, in bounded memory.
+
+    With a real vocabulary (49k-50k tokens) the logits are the memory and time hot spot: the plain
+    losses hold the teacher's logits and about five more batch x sequence x vocabulary tensors (two
+    log-softmaxes, their exponent, difference and product) until the backward pass, and the backward
+    pass makes as many again. Here the teacher's logits are made from its last hidden state a chunk of
+    positions at a time, and each chunk's loss terms and their gradient (closed form: softmax minus
+    target) are computed together, the gradient written into one buffer the size of the student's
+    logits. So besides those logits only that buffer and one chunk's temporaries are alive, and
+    nothing is recomputed (the approach of Liger Kernel's fused losses). The values and gradients
+    equal the plain losses' (tests/test_training.py); unlike a top-k approximation of the teacher's
+    distribution, nothing in the objective changes. `kd` and `ce` are returned detached, for logging.
+    """
+    loss, kd, ce = _DistillationLoss.apply(student_logits, teacher_hidden, teacher_head.weight,
+                                           getattr(teacher_head, "bias", None), labels, attention_mask,
+                                           temperature, alpha_kd, alpha_ce, chunk_elements)
+    return loss, kd, ce
+
+
+def _example_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Each position's weight in a per-example mean (`per_example_mean`): 1 / (its example's count * examples)."""
+    mask = mask.float()
+    counts = mask.sum(-1, keepdim=True)
+    examples = (counts > 0).sum().clamp(min=1)
+    return torch.where(counts > 0, mask / counts.clamp(min=1), 0.0) / examples
+
+
+class _DistillationLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, teacher_hidden, head_weight, head_bias, labels, attention_mask, temperature,
+                alpha_kd, alpha_ce, chunk_elements):
+        batch, length, vocab = logits.shape
+        targets = labels[:, 1:]
+        w_kd = _example_weights(attention_mask[:, 1:])  # KD: every position whose next token is real
+        w_ce = _example_weights(targets != IGNORE_INDEX)  # CE: every position with a target
+        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
+        kd = logits.new_zeros((), dtype=torch.float32)
+        ce = logits.new_zeros((), dtype=torch.float32)
+        step = max(1, chunk_elements // (batch * vocab))
+        for start in range(0, length - 1, step):
+            window = slice(start, min(start + step, length - 1))
+            z = logits[:, window].float()
+            # a contiguous 2-D input: on a strided 3-D slice F.linear falls back to bmm, ~4x slower than mm
+            hidden = teacher_hidden[:, window].reshape(-1, teacher_hidden.size(-1))
+            teacher = F.linear(hidden, head_weight, head_bias).float().view(batch, -1, vocab)
+            log_p = F.log_softmax(teacher / temperature, dim=-1)
+            log_q = F.log_softmax(z / temperature, dim=-1)
+            p = log_p.exp()
+            kd += ((p * (log_p - log_q)).sum(-1) * w_kd[:, window]).sum()
+            log_q1 = log_q if temperature == 1.0 else F.log_softmax(z, dim=-1)
+            target = targets[:, window].clamp(min=0).unsqueeze(-1)
+            ce -= (log_q1.gather(-1, target).squeeze(-1) * w_ce[:, window]).sum()
+            if grad is not None:
+                # d(T^2 KL)/dz = T (q_T - p_T);  d(CE)/dz = q - onehot(target)
+                g = log_q.exp_().sub_(p).mul_(alpha_kd * temperature * w_kd[:, window, None])
+                q1 = log_q1.exp() if temperature != 1.0 else torch.softmax(z, dim=-1)
+                q1.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=q1.dtype))
+                g += q1.mul_(alpha_ce * w_ce[:, window, None])
+                grad[:, window] = g.to(grad.dtype)
+        kd = temperature**2 * kd
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        loss = alpha_kd * kd + alpha_ce * ce
+        return loss.to(logits.dtype), kd.detach(), ce.detach()
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_kd, _grad_ce):
+        (grad,) = ctx.saved_tensors
+        if not torch.equal(grad_loss, torch.ones_like(grad_loss)):  # e.g. 1 / gradient accumulation steps
+            grad = grad.mul_(grad_loss)  # in place: the buffer is this graph's alone (no retain_graph reuse)
+        return grad, None, None, None, None, None, None, None, None, None
