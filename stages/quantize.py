@@ -102,8 +102,8 @@ def main() -> None:
     source, target = paths.model_dir("pruned"), paths.model_dir("quantized")
     if not (source / "config.json").is_file():
         raise DataError(f"{source}: no model found (its config.json is missing); run `dvc repro prune` first")
-    data = load_validation(cfg)
     model = load_model(source, "prune").eval()  # safetensors only; a truncated file or a non-finite weight stops here
+    data = load_validation(cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
     before = check(model, data)
 

@@ -162,7 +162,7 @@ def test_every_model_folder_carries_its_task_and_a_model_card(tiny_run):
         assert not (folder / "training_args.bin").exists(), "a pickle in a model folder"
         text = (folder / "README.md").read_text()
         front = yaml.safe_load(text.split("---\n")[1])
-        assert front["lmforge"]["stage"] == stage and len(front["lmforge"]["git_revision"]) == 40
+        assert front["lmforge"]["stage"] == stage and "git_revision" not in front["lmforge"]  # deterministic folders
         assert front["datasets"] and front["tags"][:2] == ["lmforge", stage]
         assert front["library_name"] == ("lmforge" if name == "quantized" else "transformers")
     card = yaml.safe_load((repo / "models/pruned/README.md").read_text().split("---\n")[1])

@@ -55,7 +55,8 @@ def write_processed(generator: torch.Generator) -> None:
     labels = torch.randint(0, 2, (24,), generator=generator).tolist()
     DatasetDict({"validation": Dataset.from_dict({"prompt_ids": prompts, "label": labels})}).save_to_disk(
         str(paths.TASK))
-    paths.TASK_META.write_text(json.dumps({"label_token_ids": LABEL_IDS}))
+    paths.TASK_META.write_text(json.dumps({"prompt": " Sentiment:", "label_words": [" negative", " positive"],
+                                           "label_token_ids": LABEL_IDS, "block_size": 16}))
 
 
 @pytest.fixture

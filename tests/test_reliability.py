@@ -45,7 +45,7 @@ def make_params_in_copy(tmp_path: Path, *overrides: str) -> tuple[subprocess.Com
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("prune.amount=1.5", "invalid value for 'prune.amount': 1.5 (expected a value >= 0.0 and < 1.0)"),
+    ("prune.amount=1.5", "invalid value for 'prune.amount': 1.5 (expected a value > 0.0 and < 1.0)"),
     ("model.n_head=3", "invalid value for 'model.n_head': 3 (expected a divisor of model.n_embd=128)"),
     ("student.n_layer=99", "'student.n_layer': 99 (the student must not be larger than its teacher, which has "
                            "4 layers"),
@@ -436,7 +436,7 @@ def test_the_int8_artifact_is_byte_identical_between_identical_runs(tmp_path):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmforge.compression.quantize import WEIGHTS_FILE, quantize_dynamic_int8, save_quantized
+    from lmforge.compression.dynamic_int8 import WEIGHTS_FILE, quantize_dynamic_int8, save_quantized
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()

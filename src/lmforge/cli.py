@@ -113,7 +113,7 @@ def info(args: argparse.Namespace) -> None:
     rows: list[tuple[str, Any]] = [("folder", folder), ("format", model.format.name),
                                    ("architecture", model.config.get("model_type", "?"))]
     if card:
-        rows += [("stage", card.get("stage")), ("git revision", card.get("git_revision"))]
+        rows += [("stage", card.get("stage"))]
     if hasattr(model.model, "named_modules"):
         counts = count_parameters(model.model)
         rows += [("parameters", f"{counts['parameters']:,}"),

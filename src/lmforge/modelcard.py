@@ -6,7 +6,8 @@ so a model folder of the chain always holds, next to its weights and tokenizer:
     task_meta.json   the task: prompt, label words, label token ids, block_size and max_prompt_tokens
                      (what `lmforge predict` needs to turn a review into the prompt the model was trained on)
     README.md        a Hugging Face model card: YAML front matter (base model, datasets, metrics, tags,
-                     and an `lmforge` block: stage, its parameters from params.yaml, git revision) + prose
+                     and an `lmforge` block: stage and its parameters from params.yaml; no git revision: a
+                     folder must be the same bytes whenever the stage's inputs are, and dvc.lock records provenance) + prose
 
 The card's metrics are the stage's own validation metrics: evaluate runs after the models are saved
 and must not modify them (they are DVC outputs). `lmforge info` adds evaluate's test metrics when the
@@ -15,7 +16,6 @@ folder sits in a repository with metrics/evaluate.json.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +77,6 @@ def _stage_params(stage: str) -> dict[str, Any]:
     return {name: raw[name] for name in sections if isinstance(name, str) and name in raw}
 
 
-def git_revision() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:  # not a git repository
-        return None
-    return result.stdout.strip() or None
-
-
 def _origin() -> tuple[str | None, list[str]]:
     """(base_model, datasets) for the front matter, from the model and data sections of params.yaml."""
     if not Path(PARAMS_FILE).is_file():
@@ -127,7 +117,7 @@ def model_card(folder: Path, stage: str, params: dict[str, Any], metrics: dict[s
              "dataset": {"name": "validation split of the training corpora", "type": "lmforge"},
              "metrics": [{"type": "perplexity", "name": k, "value": v} for k, v in perplexities.items()]}]}]
     front["lmforge"] = {"stage": stage, "source": Path(source).as_posix() if source else None,
-                        "git_revision": git_revision(), "params": params, "metrics": numbers}
+                        "params": params, "metrics": numbers}
 
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# lmforge model: {stage}", "", f"Produced by the `{stage}` stage of lmforge: "

@@ -70,7 +70,9 @@ def check_logits_from_hidden(model: PreTrainedModel) -> None:
     ids = torch.arange(4, device=model.device).unsqueeze(0) % model.config.vocab_size
     logits = model(input_ids=ids).logits
     rebuilt = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state)
-    if not torch.allclose(logits.float(), rebuilt.float(), rtol=1e-4, atol=1e-4):
+    # 1% of the logits' scale: a compiled or bf16 forward differs by ~0.3%; a scaled or capped head far more
+    tolerance = 1e-2 * max(1.0, logits.float().abs().max().item())
+    if (logits.float() - rebuilt.float()).abs().max().item() > tolerance:
         raise LmforgeError(f"distillation: the teacher ({type(model).__name__}) does not compute its logits as "
                            "output_embeddings(last hidden state); the chunked KD loss cannot be used with it")
 
