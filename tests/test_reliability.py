@@ -266,6 +266,19 @@ def test_a_non_finite_weight_after_a_step_stops_training_naming_the_tensor():
         guard.on_step_end(None, state, TrainerControl(), model=model)
 
 
+def test_a_diverging_loss_is_reported(caplog):
+    from transformers import TrainerControl, TrainerState
+
+    from lmforge.training.runner import RunGuard
+
+    guard = RunGuard("pretrain", 0.0, main_process=False)
+    for step, loss in [(20, 6.1), (40, 9.0), (60, 41.0), (80, 45.0)]:  # lr=1.0 without clipping, as reported
+        guard.on_log(None, TrainerState(global_step=step), TrainerControl(), logs={"loss": loss})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "pretrain: training loss 41.000 at step 60" in warnings[0]
+    assert "diverging" in warnings[0]
+
+
 def test_metrics_json_is_strict_json_with_null_and_a_flag_for_non_finite_values(tmp_path):
     import json
 

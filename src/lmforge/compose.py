@@ -62,7 +62,7 @@ def persisted_overrides(overrides: list[str], conf_dir: str | Path = CONF_DIR) -
                               "set a value instead")
         key, value = override.key_or_group, override.value()
         if (Path(conf_dir) / key).is_dir() and override.package is None:  # a config group: profile=tiny
-            entry = f"/{key}: {value}"
+            entry = f"/{key}: {'null' if value is None else value}"  # profile=null: no profile
             if override.is_add():  # Hydra wants added groups before the overrides in a defaults list
                 defaults.insert(0, entry)
             else:
