@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub
 
 import importlib.util
+import runpy
 import time
 from pathlib import Path
 
@@ -86,7 +87,6 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     from lmforge.evaluation.report import write_report
     from lmforge.training.distill import distill
     from lmforge.training.lm import finetune, pretrain
-    from lmforge.training.recovery import prune
 
     folder, params = workdir
     monkeypatch.chdir(folder)
@@ -106,9 +106,10 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     assert timed("finetune", finetune)["steps"] == 2
     student = timed("distill", distill)
     assert student["steps"] == 2 and student["non_embedding_parameter_ratio"] == pytest.approx(0.2, abs=0.01)
-    pruned = timed("prune", prune)
-    assert pruned["overall"]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    assert "self_attn.q_proj" in pruned["per_type"] and "mlp.gate_proj" in pruned["per_type"]
+    timed("prune", lambda _: runpy.run_path(str(ROOT / "stages" / "prune.py"), run_name="test")["main"]())
+    pruned = read_json(paths.METRICS / "prune.json")  # the default, structured: half the student's blocks
+    assert pruned["methods"]["structured"]["layers"]["after"] == 3
+    assert "self_attn.q_proj" in pruned["after"]["per_type"] and "mlp.gate_proj" in pruned["after"]["per_type"]
     assert timed("quantize", quantize)["coverage"] >= params["quantize"].min_coverage
     results = timed("evaluate", evaluate)
     write_report(results)

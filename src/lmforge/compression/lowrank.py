@@ -124,7 +124,7 @@ def factored_layers(model: nn.Module) -> dict[str, FactoredLinear]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each storage once (a tied LM head is re-tied by the architecture on load)."""
     state, seen = {}, set()
     for key, value in model.state_dict().items():
@@ -141,7 +141,7 @@ def save_lowrank(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, A
     layers = [{"name": name, "in_features": m.in_features, "out_features": m.out_features, "rank": m.rank,
                "bias": m.up.bias is not None} for name, m in factored_layers(model).items()]
     # one metadata key: with two, their order (and the file's bytes) changed between runs (see dynamic_int8)
-    save_file(_state(model), out_dir / WEIGHTS_FILE, metadata={"format": f"lmforge-lowrank-v{FORMAT_VERSION}"})
+    save_file(unique_state(model), out_dir / WEIGHTS_FILE, metadata={"format": f"lmforge-lowrank-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "layers": layers})
     model.config.save_pretrained(out_dir)
@@ -182,7 +182,7 @@ def load_lowrank(path: str | Path) -> nn.Module:
             raise DataError(f"{manifest_path}: '{spec['name']}' is not a layer of the {config.model_type} "
                             "architecture in config.json") from exc
         setattr(holder, child, FactoredLinear(spec["in_features"], spec["out_features"], spec["rank"], spec["bias"]))
-    expected = _state(model)
+    expected = unique_state(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise DataError(f"{weights_path}: does not match {manifest_path}: missing {missing[:5]}, "
