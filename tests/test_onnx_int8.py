@@ -121,6 +121,18 @@ print(json.dumps(logits[0, -1].tolist()))
     assert np.allclose(json.loads(result.stdout), expected[0, -1], atol=1e-5)
 
 
+def test_per_tensor_quantization_also_shares_the_embedding(model, exported, tmp_path):
+    folder, _ = exported
+    report = onnx_int8.quantize_onnx(folder / "fp32.onnx", tmp_path / "per_tensor.onnx", per_channel=False)
+    assert report["shared_embedding"] and report["coverage"] == 1.0
+    ids, mask = padded_batch(2)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    actual = ort_logits(tmp_path / "per_tensor.onnx", ids, mask)
+    real = mask.bool()
+    assert (actual - expected)[real].abs().max() < 2 * INT8_REL * expected[real].abs().max()
+
+
 def test_static_qdq_calibration_gives_an_int8_model(model, exported, tmp_path):
     folder, _ = exported
     blocks = torch.randint(1, VOCAB, (4, 16), generator=torch.Generator().manual_seed(3)).tolist()
