@@ -11,6 +11,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub
 
 import importlib.util
+import json
+import runpy
 import time
 from pathlib import Path
 
@@ -80,7 +82,6 @@ def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
 
 
 def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatch):
-    from lmforge.compression.quantize import quantize
     from lmforge.data import preprocess as preprocess_module
     from lmforge.evaluation.evaluate import evaluate
     from lmforge.evaluation.report import write_report
@@ -109,6 +110,10 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     pruned = timed("prune", prune)
     assert pruned["overall"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert "self_attn.q_proj" in pruned["per_type"] and "mlp.gate_proj" in pruned["per_type"]
+    def quantize(_params):  # the stage's recipe (stages/quantize.py) on this folder's params.yaml
+        runpy.run_path(str(ROOT / "stages" / "quantize.py"), run_name="test")["main"]()
+        return json.loads((paths.METRICS / "quantize.json").read_text())
+
     assert timed("quantize", quantize)["coverage"] >= params["quantize"].min_coverage
     results = timed("evaluate", evaluate)
     write_report(results)
