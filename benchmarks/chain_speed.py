@@ -1,7 +1,7 @@
 """The chain's speed and size, side by side: every model against the teacher in torch fp32.
 
     PYTHONPATH=src python benchmarks/chain_speed.py                 # ~5 min on 2 cores
-    PYTHONPATH=src python benchmarks/chain_speed.py --rounds 3 --skip-teacher-onnx
+    PYTHONPATH=src python benchmarks/chain_speed.py --rounds 3 --threads 1 --skip-teacher-onnx   # as committed
 
 Two chains, random weights (speed and bytes depend on the shapes only):
   gpt2-124m  teacher GPT-2 12 x 768, vocabulary 50,257; student 6 x 512 (the seed's student shape); the student
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed calls per variant and round (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-teacher-onnx", action="store_true", help="no ONNX export of the 124M teacher (~2 min)")
-    parser.add_argument("--out", type=Path, default=common.RESULTS / "chain_speed.json")
+    parser.add_argument("--output", type=Path, default=common.RESULTS / "chain_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = common.environment()
@@ -208,7 +208,7 @@ def main() -> None:
                       f"b16 {row['batch_16'][name]['speedup_vs_teacher']:6.2f}x   "
                       f"bytes {row['bytes_ratio_vs_teacher'][name]:.3f}", flush=True)
             print(f"  goals: {row['goals']}", flush=True)
-    path = common.write_json(args.out, {
+    path = common.write_json(args.output, {
         "config": {"seq": SEQ, "rounds": args.rounds, "runs": args.runs, "threads": args.threads,
                    "reference": "teacher torch fp32 of the same chain", "goals": GOALS,
                    "pruned": "gpt2-124m: student with n_inner 1024 (half FFN), approximating structured pruning; "

@@ -117,14 +117,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per round and precision")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=common.RESULTS / "precision_speed.json")
+    parser.add_argument("--output", type=Path, default=common.RESULTS / "precision_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = common.environment()
     env["cpu_native_bf16"] = hardware.bf16_supported()
     results = {name: measure(name, args.rounds, args.steps if name == "default" else max(1, args.steps - 1))
                for name in args.models}
-    path = common.write_json(args.out, {"config": {"rounds": args.rounds, "threads": args.threads,
+    path = common.write_json(args.output, {"config": {"rounds": args.rounds, "threads": args.threads,
                                                    "bf16": "torch.autocast('cpu', bfloat16), as the Trainer"},
                                         "environment": env, "results": results})
     print(f"wrote {path}")

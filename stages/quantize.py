@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from lmforge import paths, stage
 from lmforge.artifacts import atomic_dir, read_json
 from lmforge.compression import quantize
-from lmforge.compression.task_head import TaskModel
+from lmforge.compression.task_head import TaskModel, full_model_predictions
 from lmforge.config import QuantizeConfig, stage_params
 from lmforge.errors import DataError
 from lmforge.evaluation import metrics
@@ -73,11 +73,10 @@ def task_model(model_fp32, quantized, out, cfg: QuantizeConfig, data: dict) -> d
         from lmforge.compression import onnx_int8
 
         onnx_int8.export_task(TaskModel(model_fp32, data["label_ids"]), out, per_channel=cfg.per_channel,
-                              max_len=quantize._context_length(model_fp32))
+                              max_len=quantize.context_length(model_fp32))
         task = onnx_int8.OnnxTask(out)
     else:
         task = TaskModel(quantized, data["label_ids"]).eval()
-    from lmforge.compression.task_head import full_model_predictions
 
     agree = total = 0
     for start in range(0, len(data["prompts"]), BATCH):
@@ -87,7 +86,7 @@ def task_model(model_fp32, quantized, out, cfg: QuantizeConfig, data: dict) -> d
             own = torch.as_tensor(task(ids, mask)).argmax(dim=-1)
         agree += int((full == own).sum())
         total += len(ids)
-    review = max(data["prompts"], key=len)
+    review = max(data["prompts"], key=len)  # the longest validation review: the task's worst case
     full_ms = per_review_ms(lambda i, m: quantized(input_ids=i, attention_mask=m), review)
     task_ms = per_review_ms(task, review)
     return {"task_agreement_with_full": round(agree / total, 4), "task_ms_per_review": task_ms,

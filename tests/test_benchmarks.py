@@ -86,3 +86,30 @@ def test_kd_memory_compares_the_plain_and_the_chunked_distillation_loss(tmp_path
         assert result["result"][variant]["peak_rss_mb"]["median"] > 0
     assert positive(result["ratios"]["step_time_chunked_over_plain"])
     assert result["environment"]["cpu"]
+
+
+def test_precision_speed_compares_fp32_with_bf16_and_records_what_auto_picks(tmp_path):
+    result = run("benchmarks/precision_speed.py", "--models", "default", "--rounds", "2", "--steps", "1",
+                 "--threads", "1", output=tmp_path / "precision.json")
+    assert result["environment"]["cpu"] and "cpu_native_bf16" in result["environment"]
+    entry = result["results"]["default"]
+    for kind in ("train", "inference"):
+        assert positive(entry[kind]["fp32_tokens_per_s"]["median"])
+        assert positive(entry[kind]["bf16_over_fp32"]["median"])
+        assert entry[kind]["auto_decision"]["precision"] in ("fp32", "bf16")
+        assert entry[kind]["auto_matches_measurement"] == (
+            entry[kind]["auto_decision"]["precision"] == entry[kind]["measured_faster"])
+
+
+def test_chain_speed_measures_every_method_against_the_teacher(tmp_path):
+    result = run("benchmarks/chain_speed.py", "--chains", "default", "--rounds", "1", "--runs", "1", "--threads", "1",
+                 output=tmp_path / "chain.json")
+    assert result["environment"]["cpu_flags"] is not None and result["environment"]["onnxruntime"]
+    chain = result["results"]["default"]
+    for method in ("dynamic_int8", "bf16", "onnx_int8", "onnx_int8 task-only"):
+        assert positive(chain["batch_1"][f"student {method}"]["speedup_vs_teacher"])
+        assert positive(chain["batch_16"][f"student {method}"]["ms"]["median"])
+    assert chain["batch_1"]["teacher torch fp32"]["speedup_vs_teacher"] == 1.0
+    assert chain["bytes_ratio_vs_teacher"]["student onnx_int8"] < chain["bytes_ratio_vs_teacher"]["student torch fp32"]
+    assert set(chain["goals"]["met"]) == {"ort_int8_over_torch_fp32_same_model", "chain_speedup_batch1",
+                                          "chain_bytes_ratio", "task_over_full"}

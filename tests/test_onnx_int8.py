@@ -121,6 +121,18 @@ print(json.dumps(logits[0, -1].tolist()))
     assert np.allclose(json.loads(result.stdout), expected[0, -1], atol=1e-5)
 
 
+def test_per_tensor_quantization_also_shares_the_embedding(model, exported, tmp_path):
+    folder, _ = exported
+    report = onnx_int8.quantize_onnx(folder / "fp32.onnx", tmp_path / "per_tensor.onnx", per_channel=False)
+    assert report["shared_embedding"] and report["coverage"] == 1.0
+    ids, mask = padded_batch(2)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    actual = ort_logits(tmp_path / "per_tensor.onnx", ids, mask)
+    real = mask.bool()
+    assert (actual - expected)[real].abs().max() < 2 * INT8_REL * expected[real].abs().max()
+
+
 def test_static_qdq_calibration_gives_an_int8_model(model, exported, tmp_path):
     folder, _ = exported
     blocks = torch.randint(1, VOCAB, (4, 16), generator=torch.Generator().manual_seed(3)).tolist()
@@ -158,3 +170,27 @@ def test_task_model_predicts_what_the_full_model_predicts(model, tmp_path, quant
         model.config.save_pretrained(full_path)
         full = full_model_predictions(onnx_int8.OnnxCausalLM(full_path, threads=1), ids, mask, label_ids)
     assert torch.equal(scores.argmax(-1), full)
+
+
+def test_a_llama_family_model_exports_quantizes_and_agrees(tmp_path):
+    """profile=smollm2's family (rotary positions, grouped-query attention, tied head), at a tiny size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True)).eval()
+    with torch.no_grad():
+        for p in llama.parameters():
+            if p.dim() == 1:
+                p.add_(0.05 * torch.randn_like(p))
+    fp32 = onnx_int8.export_onnx(llama, tmp_path / "fp32.onnx", max_len=64)
+    report = onnx_int8.quantize_onnx(fp32, tmp_path / "model.onnx", per_channel=True)
+    assert report["coverage"] >= 0.95 and report["shared_embedding"]
+    ids, mask = padded_batch(4)
+    with torch.no_grad():
+        expected = llama(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert (ort_logits(fp32, ids, mask) - expected)[real].abs().max() < FP32_ATOL
+    int8 = ort_logits(tmp_path / "model.onnx", ids, mask)
+    assert (int8 - expected)[real].abs().max() < INT8_REL * expected[real].abs().max()

@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmforge.compose import compose
+from lmforge.compression.dynamic_int8 import quantize_dynamic_int8
 from lmforge.compression.linear import block_layer_type, linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
-from lmforge.compression.dynamic_int8 import quantize_dynamic_int8
 from lmforge.config import SECTIONS, ModelConfig, StudentConfig, stage_params
 from lmforge.data.preprocess import train_tokenizer
 from lmforge.errors import ConfigError, DataError

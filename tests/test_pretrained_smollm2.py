@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub
 
 import importlib.util
+import json
 import runpy
 import time
 from pathlib import Path
@@ -81,7 +82,6 @@ def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
 
 
 def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatch):
-    from lmforge.compression.quantize import quantize
     from lmforge.data import preprocess as preprocess_module
     from lmforge.evaluation.evaluate import evaluate
     from lmforge.evaluation.report import write_report
@@ -110,13 +110,18 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     pruned = read_json(paths.METRICS / "prune.json")  # the default, structured: half the student's blocks
     assert pruned["methods"]["structured"]["layers"]["after"] == 3
     assert "self_attn.q_proj" in pruned["after"]["per_type"] and "mlp.gate_proj" in pruned["after"]["per_type"]
+
+    def quantize(_params):  # the stage's recipe (stages/quantize.py) on this folder's params.yaml
+        runpy.run_path(str(ROOT / "stages" / "quantize.py"), run_name="test")["main"]()
+        return json.loads((paths.METRICS / "quantize.json").read_text())
+
     assert timed("quantize", quantize)["coverage"] >= params["quantize"].min_coverage
     results = timed("evaluate", evaluate)
     write_report(results)
     print(f"\nstage times (s): {timings}")
 
     rows = results["models"]
-    assert list(rows) == ["general", "teacher", "student", "pruned", "quantized"]
+    assert list(rows) == ["base", "general", "teacher", "student", "pruned", "quantized"]  # base: zero-shot
     assert AutoModelForCausalLM.from_pretrained(paths.model_dir("teacher")).config.num_hidden_layers == 30
     assert AutoModelForCausalLM.from_pretrained(paths.model_dir("student")).config.num_hidden_layers == 6
     for name, row in rows.items():

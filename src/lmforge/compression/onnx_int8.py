@@ -17,6 +17,7 @@ tokenizer files. Only onnxruntime, numpy and the tokenizer are needed to run it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections import Counter
@@ -46,6 +47,21 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 # --------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's optimizer and ORT's quantizer log hundreds of INFO lines per model (ORT through the
+    root logger): keep the stage's log readable while they run."""
+    names = ("", "onnxscript", "onnx_ir", "torch.onnx")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _logits_module(model: Any) -> Any:
     import torch
 
@@ -72,7 +88,7 @@ def export_onnx(module: Any, path: str | Path, *, max_len: int, output_name: str
     module = (_logits_module(module) if wrap_lm else module).eval()
     example = torch.randint(0, 8, (2, min(8, max_len)))
     batch, seq = torch.export.Dim("batch", max=4096), torch.export.Dim("seq", max=max_len)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         program = torch.onnx.export(module, (example, torch.ones_like(example)), dynamo=True,
                                     input_names=list(INPUTS), output_names=[output_name], opset_version=OPSET,
                                     dynamic_shapes={"input_ids": {0: batch, 1: seq},
@@ -123,8 +139,9 @@ def share_embedding(model: onnx.ModelProto, embedding: str) -> bool:
     """Make Gather(embedding, ids) read the int8 transposed head weight `<embedding>.T_quantized`
     (per-column symmetric int8, as the head's MatMulInteger uses it) and drop the fp32 embedding.
 
-    Gather(W_T, ids, axis=1) -> (D, *ids) int8 -> Cast -> * scale[ids] -> Transpose to (*ids, D).
-    Returns False (graph untouched) if the head weight was not quantized per column with zero point 0.
+    Gather(W_T, ids, axis=1) -> (D, *ids) int8 -> Cast -> * scale[ids] (per column; per tensor: * scale)
+    -> Transpose to (*ids, D). Returns False (graph untouched) if the head weight was not quantized
+    symmetrically (zero point 0).
     """
     inits = _initializers(model)
     q_name = f"{embedding}.T_quantized"
@@ -133,8 +150,9 @@ def share_embedding(model: onnx.ModelProto, embedding: str) -> bool:
         return False
     scale = numpy_helper.to_array(inits[scale_name])
     zero_point = numpy_helper.to_array(inits[zp_name])
-    if scale.ndim != 1 or np.any(zero_point != 0) or inits[q_name].data_type != TensorProto.INT8:
+    if scale.ndim > 1 or np.any(zero_point != 0) or inits[q_name].data_type != TensorProto.INT8:
         return False
+    per_column = scale.ndim == 1
     users = [node for node in model.graph.node if embedding in node.input]
     if not users or any(node.op_type != "Gather" or node.input[0] != embedding for node in users):
         return False
@@ -148,9 +166,11 @@ def share_embedding(model: onnx.ModelProto, embedding: str) -> bool:
         new_nodes += [
             helper.make_node("Gather", [q_name, ids], [f"{tag}_q"], axis=1, name=f"{tag}_gather"),
             helper.make_node("Cast", [f"{tag}_q"], [f"{tag}_f"], to=TensorProto.FLOAT, name=f"{tag}_cast"),
-            helper.make_node("Gather", [scale_name, ids], [f"{tag}_s"], axis=0, name=f"{tag}_scale"),
-            helper.make_node("Mul", [f"{tag}_f", f"{tag}_s"], [f"{tag}_dq"], name=f"{tag}_mul"),
         ]
+        if per_column:
+            new_nodes.append(helper.make_node("Gather", [scale_name, ids], [f"{tag}_s"], axis=0, name=f"{tag}_scale"))
+        new_nodes.append(helper.make_node("Mul", [f"{tag}_f", f"{tag}_s" if per_column else scale_name], [f"{tag}_dq"],
+                                          name=f"{tag}_mul"))
         # (D, *ids) -> (*ids, D): rank of ids + 1 axes, the first moved last
         rank = _rank(model, ids)
         new_nodes.append(helper.make_node("Transpose", [f"{tag}_dq"], [out], name=f"{tag}_transpose",
@@ -203,7 +223,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         node.ClearField("metadata_props")
         node.doc_string = ""
     tied = untie_head(model)
-    with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp, _quiet():
         untied = Path(tmp) / "untied.onnx"
         onnx.save(model, str(untied))
         quantized = Path(tmp) / "int8.onnx"

@@ -56,7 +56,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
         from lmforge.compression import onnx_int8
 
         fp32 = out_dir / "fp32.onnx.tmp"
-        onnx_int8.export_onnx(model, fp32, max_len=_context_length(model))
+        onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
         try:
             report = onnx_int8.quantize_onnx(fp32, out_dir / onnx_int8.MODEL_FILE, per_channel=cfg.per_channel,
                                              calibration_blocks=calibration_blocks[: cfg.calibration_blocks])
@@ -75,7 +75,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
     return report
 
 
-def _context_length(model: nn.Module) -> int:
+def context_length(model: nn.Module) -> int:
     config = model.config
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
 
