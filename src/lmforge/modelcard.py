@@ -6,8 +6,9 @@ so a model folder of the chain always holds, next to its weights and tokenizer:
     task_meta.json   the task: prompt, label words, label token ids, block_size and max_prompt_tokens
                      (what `lmforge predict` needs to turn a review into the prompt the model was trained on)
     README.md        a Hugging Face model card: YAML front matter (base model, datasets, metrics, tags,
-                     and an `lmforge` block: stage and its parameters from params.yaml; no git revision: a
-                     folder must be the same bytes whenever the stage's inputs are, and dvc.lock records provenance) + prose
+                     and an `lmforge` block: stage and its parameters from params.yaml; no git revision:
+                     a folder is the same bytes whenever the stage's inputs are; dvc.lock records provenance)
+                     + prose
 
 The card's metrics are the stage's own validation metrics: evaluate runs after the models are saved
 and must not modify them (they are DVC outputs). `lmforge info` adds evaluate's test metrics when the
