@@ -113,7 +113,8 @@ def test_folders_that_are_not_complete_models_are_named_with_the_reason(tmp_path
         "models/pruned": r"models/pruned: not found \(run `dvc repro prune`\)",
         "models/.pruned.tmp-trained": r"temporary folder left by an interrupted stage.*models/pruned",
         "models/student": r"has config.json but no weights .*unfinished stage; run `dvc repro distill`",
-        "models/quantized": r"has quantization.json but no weights \(model_int8.safetensors\)",
+        "models/quantized": r"has quantization.json but no weights \(model_int8.safetensors or model.onnx or "
+                            r"model.safetensors\)",
         "models/base": r"only the base manifest \(model.init=scratch\)",
         "checkpoint-3": r"a training checkpoint",
         "notes": r"not a model folder of lmforge: none of config.json \(hf\), quantization.json \(int8\).*found: a.txt",

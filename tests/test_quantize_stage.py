@@ -86,7 +86,7 @@ def assert_no_pickle(target: Path) -> None:
 
 
 def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
-    metrics = run_stage()
+    metrics = run_stage("quantize=dynamic_int8")
     target = paths.model_dir("quantized")
     assert metrics["method"] == "dynamic_int8"
     assert metrics["coverage"] == 1.0 and metrics["int8_params"] == metrics["linear_params"]
@@ -135,7 +135,7 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
     (previous / "marker.txt").write_text("previous run")
 
     with pytest.raises(QuantizationError) as error:
-        run_stage("quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
+        run_stage("quantize=dynamic_int8", "quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
     message = str(error.value)
     assert "0.7191" in message and "0.9500" in message
     assert os.listdir(previous) == ["marker.txt"]
@@ -145,7 +145,7 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
 
 def test_static_calibration_is_refused_for_torch_methods(workdir):
     with pytest.raises(ConfigError, match="calibration_blocks"):
-        run_stage("quantize.calibration_blocks=4")
+        run_stage("quantize=dynamic_int8", "quantize.calibration_blocks=4")
     assert not paths.model_dir("quantized").exists()
 
 

@@ -101,5 +101,5 @@ def distill(params: dict[str, Any]) -> dict[str, Any]:
         val = gate.validation_data(cfg.eval_max_examples)
         metrics["gate"] = gate.check("distill", cfg.gate, gate.measure(student, val), gate.measure(teacher, val),
                                      str(paths.model_dir("student")))
-    save_model(student, tokenizer, paths.model_dir("student"))
+    save_model(student, tokenizer, paths.model_dir("student"), "distill", metrics)
     return metrics
