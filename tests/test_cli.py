@@ -117,7 +117,8 @@ def test_folders_that_are_not_complete_models_are_named_with_the_reason(tmp_path
                             r"model.safetensors\)",
         "models/base": r"only the base manifest \(model.init=scratch\)",
         "checkpoint-3": r"a training checkpoint",
-        "notes": r"not a model folder of lmforge: none of config.json \(hf\), quantization.json \(int8\).*found: a.txt",
+        "notes": r"not a model folder of lmforge: none of config.json \(hf\), quantization.json \(quantized\), "
+                 r"lowrank.json \(lowrank\).*found: a.txt",
         "file.txt": r"not a folder",
     }
     for folder, message in expected.items():
@@ -167,7 +168,7 @@ def test_every_model_folder_carries_its_task_and_a_model_card(tiny_run):
         assert front["datasets"] and front["tags"][:2] == ["lmforge", stage]
         assert front["library_name"] == ("lmforge" if name == "quantized" else "transformers")
     card = yaml.safe_load((repo / "models/pruned/README.md").read_text().split("---\n")[1])
-    assert card["lmforge"]["params"]["prune"]["amount"] == 0.5  # the stage's params, from params.yaml
+    assert card["lmforge"]["params"]["prune"]["ffn"] == 0.5  # the stage's params, from params.yaml (profile=tiny)
     assert any(m["type"] == "perplexity" for m in card["model-index"][0]["results"][0]["metrics"])
 
 
@@ -217,8 +218,11 @@ def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_q
     out = in_process(capsys, monkeypatch, repo, "info", "models/pruned")
     fields = dict((part.strip() for part in line.split("  ", 1)) for line in out.splitlines())
     assert fields["format"] == "hf" and fields["stage"] == "prune"
-    assert float(fields["sparsity"].rstrip("%")) > 20  # half of the block weights, embeddings not pruned
-    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())["models"]["pruned"]
+    models = json.loads((repo / "metrics/evaluate.json").read_text())["models"]
+    evaluated = models["pruned"]
+    # structured pruning (the default): half the FFN channels sliced away, so fewer parameters, no zeros
+    assert fields["parameters"] == f"{evaluated['parameters']:,}" and evaluated["parameters"] < models["student"]["parameters"]
+    assert fields["sparsity"] == "0.0%"
     assert fields["evaluate: accuracy"] == f"{evaluated['accuracy']:.3f}"
     assert fields["non-zero parameters"] == f"{evaluated['nonzero_parameters']:,}"
 

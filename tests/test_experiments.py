@@ -36,7 +36,7 @@ def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run):
 def test_a_queued_sweep_runs_both_experiments(tiny_run):
     repo, env = tiny_run
     # -S profile=tiny: DVC recomposes params.yaml from conf/ with only the overrides given
-    out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "prune.amount=0.3,0.7"], repo, env)
+    out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "prune.ffn=0.25,0.75"], repo, env)
     assert out.count("Queued experiment") == 2
     run(["dvc", "queue", "start"], repo, env)
     try:
@@ -57,10 +57,11 @@ def test_a_queued_sweep_runs_both_experiments(tiny_run):
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
-                amount = data["params"]["params.yaml"]["data"]["prune"]["amount"]
-                experiments[amount] = data["metrics"][HEADLINE]["data"]
-    assert set(experiments) == {0.3, 0.7}
-    light, heavy = experiments[0.3], experiments[0.7]
+                ffn = data["params"]["params.yaml"]["data"]["prune"]["ffn"]
+                experiments[ffn] = data["metrics"][HEADLINE]["data"]
+    assert set(experiments) == {0.25, 0.75}
+    light, heavy = experiments[0.25], experiments[0.75]
+    assert light["pruned"]["mb"] > heavy["pruned"]["mb"]  # structured pruning: fewer FFN channels, a smaller file
     assert light["pruned"]["ppl_domain"] != heavy["pruned"]["ppl_domain"]
     # upstream of prune nothing reran: the teacher's numbers other than its latency are the same
     assert light["teacher"]["accuracy"] == heavy["teacher"]["accuracy"]
