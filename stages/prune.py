@@ -75,8 +75,10 @@ def main() -> None:
     # save: a plain HF folder, or safetensors + lowrank.json when layers are factored
     factored = bool(lowrank.factored_layers(model))
     manifest = {"method": cfg.method, "activation_aware": cfg.activation_aware, "base_model": source.as_posix()}
-    save_model(model, tokenizer, output, "prune", {"method": cfg.method, "gate": metrics["gate"],
-                                                  "validation": metrics["validation"]["recovered"]},
+    recovered = metrics["validation"]["recovered"]  # the card's metrics: the stage's own validation numbers
+    save_model(model, tokenizer, output, "prune", {
+        "method": cfg.method, "gate": metrics["gate"], "val_accuracy": recovered["accuracy"],
+        "eval_general_perplexity": recovered["ppl_general"], "eval_domain_perplexity": recovered["ppl_domain"]},
                save=(lambda folder: lowrank.save_lowrank(model, folder, manifest=manifest)) if factored else None)
 
     metrics["after"] = _describe(model)

@@ -221,7 +221,8 @@ def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_q
     models = json.loads((repo / "metrics/evaluate.json").read_text())["models"]
     evaluated = models["pruned"]
     # structured pruning (the default): half the FFN channels sliced away, so fewer parameters, no zeros
-    assert fields["parameters"] == f"{evaluated['parameters']:,}" and evaluated["parameters"] < models["student"]["parameters"]
+    assert fields["parameters"] == f"{evaluated['parameters']:,}"
+    assert evaluated["parameters"] < models["student"]["parameters"]
     assert fields["sparsity"] == "0.0%"
     assert fields["evaluate: accuracy"] == f"{evaluated['accuracy']:.3f}"
     assert fields["non-zero parameters"] == f"{evaluated['nonzero_parameters']:,}"

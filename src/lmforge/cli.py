@@ -112,6 +112,8 @@ def info(args: argparse.Namespace) -> None:
     card = read_card(folder).get("lmforge", {})
     rows: list[tuple[str, Any]] = [("folder", folder), ("format", model.format.name),
                                    ("architecture", model.config.get("model_type", "?"))]
+    if (folder / "quantization.json").is_file():  # which quantization, and so which runtime runs it
+        rows.append(("method", read_json(folder / "quantization.json").get("method", "?")))
     if card:
         rows += [("stage", card.get("stage"))]
     if hasattr(model.model, "named_modules"):
