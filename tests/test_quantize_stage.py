@@ -85,7 +85,7 @@ def assert_no_pickle(target: Path) -> None:
 
 
 def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
-    metrics = run_stage()
+    metrics = run_stage("quantize=dynamic_int8")
     target = paths.model_dir("quantized")
     assert metrics["method"] == "dynamic_int8"
     assert metrics["coverage"] == 1.0 and metrics["int8_params"] == metrics["linear_params"]
@@ -102,7 +102,7 @@ def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
 
 
 def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model(workdir):
-    metrics = run_stage("quantize=onnx_int8")
+    metrics = run_stage()  # the default method
     target = paths.model_dir("quantized")
     assert metrics["method"] == "onnx_int8" and metrics["coverage"] >= 0.95
     assert {p.name for p in target.iterdir()} >= {"model.onnx", "task.onnx", "config.json", MANIFEST_FILE,
@@ -134,7 +134,7 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
     (previous / "marker.txt").write_text("previous run")
 
     with pytest.raises(QuantizationError) as error:
-        run_stage("quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
+        run_stage("quantize=dynamic_int8", "quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
     message = str(error.value)
     assert "0.7191" in message and "0.9500" in message
     assert os.listdir(previous) == ["marker.txt"]
@@ -144,7 +144,7 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
 
 def test_static_calibration_is_refused_for_torch_methods(workdir):
     with pytest.raises(ConfigError, match="calibration_blocks"):
-        run_stage("quantize.calibration_blocks=4")
+        run_stage("quantize=dynamic_int8", "quantize.calibration_blocks=4")
     assert not paths.model_dir("quantized").exists()
 
 
