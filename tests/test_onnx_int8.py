@@ -194,3 +194,7 @@ def test_a_llama_family_model_exports_quantizes_and_agrees(tmp_path):
     assert (ort_logits(fp32, ids, mask) - expected)[real].abs().max() < FP32_ATOL
     int8 = ort_logits(tmp_path / "model.onnx", ids, mask)
     assert (int8 - expected)[real].abs().max() < INT8_REL * expected[real].abs().max()
+    llama.config.save_pretrained(tmp_path)
+    counted, expected_counts = count_parameters(onnx_int8.OnnxCausalLM(tmp_path, threads=1)), count_parameters(llama)
+    assert counted["parameters"] == expected_counts["parameters"]
+    assert counted["non_embedding_parameters"] == expected_counts["non_embedding_parameters"]

@@ -103,7 +103,7 @@ def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
 
 
 def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model(workdir):
-    metrics = run_stage("quantize=onnx_int8")
+    metrics = run_stage()  # the default method
     target = paths.model_dir("quantized")
     assert metrics["method"] == "onnx_int8" and metrics["coverage"] >= 0.95
     assert {p.name for p in target.iterdir()} >= {"model.onnx", "task.onnx", "config.json", MANIFEST_FILE,

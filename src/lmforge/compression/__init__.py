@@ -1,6 +1,10 @@
 """Model compression for the prune and quantize stages.
 
-linear    finding linear-like layers (nn.Linear and GPT-2's Conv1D) and converting Conv1D to nn.Linear
-prune     magnitude pruning with masks kept during recovery, made permanent before saving; sparsity report
-quantize  dynamic INT8 on CPU, saved as safetensors + JSON manifest, with its own loader (no pickle)
+linear        finding linear-like layers (nn.Linear and GPT-2's Conv1D) and converting Conv1D to nn.Linear
+prune         magnitude pruning with masks kept during recovery, made permanent before saving; sparsity report
+quantize      the quantize methods behind one interface, and `load_quantized` for any quantized folder
+dynamic_int8  torch dynamic INT8, saved as safetensors + JSON manifest, with its own loader (no pickle)
+onnx_int8     ONNX export, ONNX Runtime INT8 (dynamic or static QDQ), run by an InferenceSession
+bf16          weights stored and run in bfloat16
+task_head     the task-only model: last position -> the label rows of the LM head (torch; ONNX in onnx_int8)
 """

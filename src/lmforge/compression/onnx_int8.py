@@ -128,11 +128,32 @@ def untie_head(model: onnx.ModelProto) -> str | None:
             inits = _initializers(model)
         node.input[1] = name
         tied = transpose.input[0]
+    tied = _folded_head(model) or tied
     used = {name for node in model.graph.node for name in node.input} | {out.name for out in model.graph.output}
     dead = [node for node in model.graph.node if node.op_type == "Transpose" and not set(node.output) & used]
     for node in dead:  # the runtime transposes the head no longer reads
         model.graph.node.remove(node)
     return tied
+
+
+def _folded_head(model: onnx.ModelProto) -> str | None:
+    """A small tied head the exporter constant-folded: a MatMul constant equal to the transpose of an
+    embedding that a Gather reads. Renamed `<embedding>.T`, as `untie_head` names it; returns the embedding."""
+    inits = _initializers(model)
+    gathered = [inits[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits or node.input[1].endswith(".T"):
+            continue
+        weight = inits[node.input[1]]
+        for embedding in gathered:
+            if (len(weight.dims) == 2 and list(embedding.dims) == list(weight.dims)[::-1]
+                    and np.array_equal(numpy_helper.to_array(embedding).T, numpy_helper.to_array(weight))):
+                old, new = weight.name, f"{embedding.name}.T"
+                weight.name = new
+                for other in model.graph.node:
+                    other.input[:] = [new if name == old else name for name in other.input]
+                return embedding.name
+    return None
 
 
 def share_embedding(model: onnx.ModelProto, embedding: str) -> bool:
@@ -327,15 +348,16 @@ class OnnxCausalLM:
 
     def weight_arrays(self) -> Iterator[tuple[str, np.ndarray, int, bool]]:
         """(name, stored values, zero point, is an embedding) of every weight initializer (float or int8,
-        rank >= 1; not the exporter's folded constants `val_*` nor the quantizer's scales), for parameter
-        counts. An embedding is what a Gather reads (the tied head's shared int8 matrix included)."""
+        rank >= 1, not the quantizer's scales nor rotary `inv_freq` buffers), for parameter counts. The
+        exporter folds a Linear's transposed weight into a constant named `val_<n>`: a weight all the same.
+        An embedding is what a Gather reads (the tied head's shared int8 matrix included)."""
         model = onnx.load(str(self.path / self._file))
         inits = _initializers(model)
         gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
         for init in model.graph.initializer:
             name = init.name
-            if (init.data_type not in INT8_TYPES + FLOAT_TYPES or not init.dims or name.startswith("val_")
-                    or name.endswith(("_scale", "_zero_point"))):
+            if (init.data_type not in INT8_TYPES + FLOAT_TYPES or not init.dims
+                    or name.endswith(("_scale", "_zero_point", "inv_freq"))):
                 continue
             zero_point = 0
             if name.endswith("_quantized"):
