@@ -75,9 +75,9 @@ def bitmask_bytes(model: nn.Module, dense_bytes: int) -> int | None:
     """Saved size if block weights with zeros were stored as non-zero fp32 values + a 1-bit mask."""
     layers = linear_layers(model, blocks_only=True).values()
     zeros = sum(int((m.weight == 0).sum()) for m in layers)
-    if not zeros:
-        return None
     numel = sum(m.weight.numel() for m in layers)
+    if zeros < 0.1 * numel:  # not a sparse model (a random init has a few exact zeros too)
+        return None
     return dense_bytes - 4 * zeros + numel // 8
 
 

@@ -87,8 +87,6 @@ def _check_unstructured(cfg: PruneConfig, methods: list[str], model: nn.Module) 
             raise _fail("n_m", cfg.n_m, f"M dividing every layer's input width; {name} has {width} inputs")
     elif cfg.amount is None:
         raise _fail("amount", None, f"a fraction > 0 and < 1 with prune.method {methods}")
-    if "l1_unstructured" in methods and cfg.n_m is not None:
-        raise ConfigError(f"'prune.n_m' is {cfg.n_m!r} but only wanda supports N:M here")
 
 
 def apply(model: nn.Module, cfg: PruneConfig, calibration_blocks: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
