@@ -23,7 +23,7 @@ from lmforge.compression import quantize
 from lmforge.compression.task_head import TaskModel, full_model_predictions
 from lmforge.config import QuantizeConfig, stage_params
 from lmforge.errors import DataError
-from lmforge.evaluation import metrics
+from lmforge.evaluation import gate, metrics
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import load_model
 
@@ -119,6 +119,12 @@ def main() -> None:
         if not all(map(math.isfinite, after.values())):
             raise quantize.QuantizationError(f"{cfg.method}: the quantized model's validation loss or accuracy is not "
                                               f"finite ({after}); nothing written to {target}")
+        gate_result = {"enabled": False}
+        if cfg.gate is not None:  # against the teacher, before the new model replaces the old one
+            val = gate.validation_data(cfg.check_max_examples)
+            teacher = load_model(paths.model_dir("teacher"), "finetune").eval()
+            gate_result = gate.check("quantize", cfg.gate, gate.measure(quantized, val), gate.measure(teacher, val),
+                                     str(target))
         task = task_model(model, quantized, out, cfg, data) if cfg.task_model else {}
         write_bundle(out, "quantize", source=source, metrics={"method": cfg.method, "coverage": report["coverage"],
                                                               **after})
@@ -144,6 +150,7 @@ def main() -> None:
         "input_val_accuracy": before["val_accuracy"], "val_accuracy": after["val_accuracy"],
         "val_accuracy_delta": round(after["val_accuracy"] - before["val_accuracy"], 4),
         "val_examples": len(data["labels"]), "val_blocks": len(data["blocks"]),
+        "gate": gate_result,
         **task,
     })
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from lmforge.compose import compose
 from lmforge.compression.prune import l1_unstructured, make_permanent
 from lmforge.compression.quantize import MANIFEST_FILE, QuantizationError, load_quantized
 from lmforge.errors import ConfigError
+from lmforge.evaluation import metrics
+from lmforge.evaluation.gate import GateError
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 300
@@ -74,8 +77,9 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_stage(*overrides: str) -> dict:
-    compose("params.yaml", list(overrides), conf_dir=REPO / "conf")
+def run_stage(*overrides: str, gate: bool = False) -> dict:
+    # the gate needs a teacher and more of data/processed: only its own tests build them
+    compose("params.yaml", list(overrides) if gate else ["quantize.gate=null", *overrides], conf_dir=REPO / "conf")
     stage_main()()
     return json.loads((paths.METRICS / "quantize.json").read_text())
 
@@ -157,3 +161,37 @@ def test_torch_task_model_agrees_with_the_full_quantized_model(workdir, method):
     assert metrics["task_agreement_with_full"] >= (0.9 if method == "dynamic_int8" else 1.0)
     assert metrics["task_ms_per_review"] > 0 and metrics["full_ms_per_review"] > 0
     assert not (paths.model_dir("quantized") / "task.onnx").exists()
+
+
+def gate_inputs() -> float:
+    """models/teacher (another tiny GPT-2) and general validation blocks; the task's labels become the teacher's own
+    predictions, so the teacher is right on every example and the quantized model (a different one) is not.
+    Returns the teacher's validation accuracy."""
+    from lmforge.evaluation import gate
+
+    torch.manual_seed(7)
+    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                         bos_token_id=0, eos_token_id=0)).eval()
+    teacher.save_pretrained(paths.model_dir("teacher"))
+    blocks = torch.randint(1, VOCAB, (6, 16), generator=torch.Generator().manual_seed(3)).tolist()
+    DatasetDict({"validation": Dataset.from_dict({"input_ids": blocks})}).save_to_disk(str(paths.LM_GENERAL))
+    task = DatasetDict.load_from_disk(str(paths.TASK))["validation"]
+    with torch.no_grad():
+        best = metrics.label_log_probs(teacher, list(task["prompt_ids"]), LABEL_IDS, 8).argmax(dim=-1).tolist()
+    DatasetDict({"validation": Dataset.from_dict({"prompt_ids": task["prompt_ids"], "label": best})}).save_to_disk(
+        str(paths.TASK) + ".new")
+    shutil.rmtree(paths.TASK)
+    Path(str(paths.TASK) + ".new").rename(paths.TASK)
+    return gate.measure(teacher, gate.validation_data(256))["accuracy"]
+
+
+def test_the_quantize_gate_passes_within_its_limit_and_a_failing_one_keeps_the_previous_model(workdir):
+    assert gate_inputs() == 1.0
+    metrics_ = run_stage("quantize=dynamic_int8", "quantize.gate.max_accuracy_drop=1.0", gate=True)
+    assert metrics_["gate"]["enabled"] and metrics_["gate"]["passed"] and metrics_["gate"]["teacher"]["accuracy"] == 1.0
+    before = sorted((p.name, p.read_bytes()) for p in paths.model_dir("quantized").iterdir() if p.is_file())
+    with pytest.raises(GateError, match=r"quantize gate failed: validation accuracy .* below the teacher's 1.0000 "
+                                        r"\(allowed drop quantize.gate.max_accuracy_drop = 0.05\)"):
+        run_stage("quantize=dynamic_int8", gate=True)  # conf/: at most 0.05 below the teacher
+    after = sorted((p.name, p.read_bytes()) for p in paths.model_dir("quantized").iterdir() if p.is_file())
+    assert after == before  # the previous model is left as it was

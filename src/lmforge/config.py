@@ -226,6 +226,7 @@ class QuantizeConfig:
     check_max_blocks: int = spec(ge=1)  # validation LM blocks for the loss check against the input model
     check_max_examples: int = spec(ge=1)  # validation task examples for the accuracy check
     task_model: bool = spec()  # also export the task-only model (last position, label rows of the head)
+    gate: GateConfig | None = spec()  # null: no gate
 
 
 @dataclass

@@ -55,7 +55,8 @@ def measure(model: nn.Module, val: ValidationData) -> dict[str, float]:
         except OverflowError:
             return math.inf
 
-    model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
+    if isinstance(model, nn.Module):  # an ONNX Runtime session has no device to move
+        model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
     accuracy = metrics.task_accuracy(model, val.prompts, val.labels, val.label_token_ids, BATCH_SIZE)
     return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}
 
