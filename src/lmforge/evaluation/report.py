@@ -245,8 +245,13 @@ def _pruning(student: dict[str, Any], pruned: dict[str, Any]) -> str:
     zeros_before = 1 - student["nonzero_parameters"] / student["parameters"]
     speed = student["latency_p50_ms"] / pruned["latency_p50_ms"]
     size = student["bytes_on_disk"] / pruned["bytes_on_disk"]
-    text = (f"Pruning raises the share of zero parameters from {zeros_before:.0%} to {zeros:.0%}, "
-            f"with accuracy {student['accuracy']:.3f} -> {pruned['accuracy']:.3f}")
+    if pruned["parameters"] < student["parameters"]:  # structured or low-rank: the matrices themselves shrank
+        removed = 1 - pruned["parameters"] / student["parameters"]
+        text = (f"Pruning removes {removed:.0%} of the student's parameters (smaller matrices, not zeros), "
+                f"with accuracy {student['accuracy']:.3f} -> {pruned['accuracy']:.3f}")
+    else:
+        text = (f"Pruning raises the share of zero parameters from {zeros_before:.0%} to {zeros:.0%}, "
+                f"with accuracy {student['accuracy']:.3f} -> {pruned['accuracy']:.3f}")
     if pruned["parameters"] == student["parameters"]:
         # Same shapes: dense kernels do the same arithmetic whatever the zeros, so a measured
         # difference is noise, not sparsity.
@@ -254,7 +259,7 @@ def _pruning(student: dict[str, Any], pruned: dict[str, Any]) -> str:
         return text + (f"; the weights keep their dense shape, so the size on disk changes {size:.2f}x and "
                        f"p50 latency {speed:.2f}x ({noise}): unstructured sparsity does not speed up "
                        "dense kernels.")
-    return text + f"; it changes p50 latency by {speed:.2f}x and size on disk by {size:.2f}x."
+    return text + f"; it makes p50 latency {speed:.2f}x as fast and the file {size:.2f}x smaller."
 
 
 def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
