@@ -34,7 +34,8 @@ def test_initial_weights_are_a_function_of_the_seed():
     other = teacher_model(seed=8).state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["transformer.h.0.attn.c_attn.weight"], other["transformer.h.0.attn.c_attn.weight"])
-    narrow = StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True)
+    narrow = StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True,
+                 layer_selection="even", calibration_samples=8)
     a = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
     b = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -43,7 +44,8 @@ def test_initial_weights_are_a_function_of_the_seed():
 def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
     teacher = teacher_model()
     student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=None, n_embd=None,
-                                                            init_from_teacher=True), seed=0)
+                                                            init_from_teacher=True,
+                 layer_selection="even", calibration_samples=8), seed=0)
     assert teacher_layer_map(4, 2) == [0, 2]
     for s, t in enumerate([0, 2]):
         for (name, ps), (_, pt) in zip(student.transformer.h[s].named_parameters(),
@@ -55,7 +57,8 @@ def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
 
 def test_student_of_another_width_starts_from_scratch():
     teacher = teacher_model()
-    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True),
+    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True,
+                 layer_selection="even", calibration_samples=8),
                             seed=0)
     assert student.config.n_embd == 16 and student.config.n_layer == 2
 

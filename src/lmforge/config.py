@@ -111,7 +111,11 @@ class StudentConfig:
     n_layer: int = spec(ge=1)
     n_head: int | None = spec(ge=1)  # null: the teacher's (other than GPT-2: must be the teacher's)
     n_embd: int | None = spec(ge=8)  # null: the teacher's (other than GPT-2: must be the teacher's)
-    init_from_teacher: bool = spec()  # copy embeddings and alternate blocks where shapes match
+    init_from_teacher: bool = spec()  # copy embeddings and teacher blocks where widths match
+    # which teacher blocks: `influence` keeps the most influential (ShortGPT, measured on calibration
+    # blocks of the train split), `even` every k-th (DistilBERT)
+    layer_selection: str = spec(choices=("influence", "even"))
+    calibration_samples: int = spec(ge=1)  # influence: train-split LM blocks the teacher runs on
 
 
 @dataclass

@@ -90,3 +90,9 @@ def calibrate(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> Calibr
             handle.remove()
     result.block_influence = (influence_sum / max(result.tokens, 1)).tolist()
     return result
+
+
+def most_influential_blocks(block_influence: list[float], keep: int) -> list[int]:
+    """Indices of the `keep` blocks of highest influence, in model order: the blocks that change their
+    input least are the ones a shallower model does best without (ShortGPT)."""
+    return torch.tensor(block_influence).topk(keep).indices.sort().values.tolist()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from lmforge.compression.calibration import Calibration, blocks_of
+from lmforge.compression.calibration import Calibration, blocks_of, most_influential_blocks
 from lmforge.errors import ConfigError
 
 
@@ -100,8 +100,7 @@ def structured(model: nn.Module, calibration: Calibration, heads: float | None, 
     spec = family(config.model_type, heads)
     state = model.state_dict()
     n_layers = len(blocks_of(model))
-    influence = torch.tensor(calibration.block_influence)
-    kept_layers = _top(influence, _keep_count(n_layers, layers)).tolist()
+    kept_layers = most_influential_blocks(calibration.block_influence, _keep_count(n_layers, layers))
 
     new_state = {k: v for k, v in state.items() if not re.match(spec.blocks.format(i=r"\d+"), k)}
     ffn_width = ffn_kept = None

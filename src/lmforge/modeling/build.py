@@ -2,7 +2,9 @@
 
 A GPT-2 teacher can be distilled into a narrower student; a teacher of another family (Llama and
 its relatives, loaded through lmforge.modeling.pretrained) into one with fewer layers of the same
-width, initialised from evenly spaced teacher layers.
+width. A student of the teacher's width starts from a subset of the teacher's layers: the most
+influential ones (`student.layer_selection: influence`, chosen by the caller from calibration data)
+or evenly spaced ones (`even`).
 """
 
 from __future__ import annotations
@@ -44,17 +46,22 @@ def teacher_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig, *,
-                  seed: int) -> PreTrainedModel:
-    """The student of `teacher`; whatever is not copied from the teacher is initialised from `seed`."""
+                  seed: int, layer_map: list[int] | None = None) -> PreTrainedModel:
+    """The student of `teacher`; whatever is not copied from the teacher is initialised from `seed`.
+    `layer_map[s]` is the teacher layer that student layer s starts from (None: evenly spaced)."""
     set_seed(seed)
-    if teacher.config.model_type != "gpt2":
-        return build_layer_student(teacher, teacher_cfg, cfg)
     n_layer, n_head, n_embd = student_shape(teacher_cfg, cfg)
+    if layer_map is None:
+        layer_map = teacher_layer_map(teacher_cfg.n_layer, n_layer)
+    if len(layer_map) != n_layer or not all(0 <= t < teacher_cfg.n_layer for t in layer_map):
+        raise ConfigError(f"student layer map {layer_map}: expected {n_layer} teacher layers in "
+                          f"[0, {teacher_cfg.n_layer})")
+    if teacher.config.model_type != "gpt2":
+        return build_layer_student(teacher, teacher_cfg, cfg, layer_map)
     config = teacher.config.to_dict()
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     student = GPT2LMHeadModel(GPT2Config.from_dict(config))
     if cfg.init_from_teacher and n_embd == teacher.config.n_embd:
-        layer_map = teacher_layer_map(teacher.config.n_layer, n_layer)
         with torch.no_grad():
             student.transformer.wte.load_state_dict(teacher.transformer.wte.state_dict())
             student.transformer.wpe.load_state_dict(teacher.transformer.wpe.state_dict())
@@ -79,20 +86,20 @@ def decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
     raise ConfigError(f"cannot find the decoder layers of a {model.config.model_type!r} model")
 
 
-def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig) -> PreTrainedModel:
+def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig,
+                        layer_map: list[int]) -> PreTrainedModel:
     """A student of the teacher's family and width with fewer layers (Llama and relatives).
 
     With init_from_teacher, every tensor outside the layer stack (token embeddings, final norm, LM
-    head if untied) is copied and student layer s is teacher layer teacher_layer_map[s].
+    head if untied) is copied and student layer s is teacher layer layer_map[s].
     """
     n_layer, _, _ = student_shape(teacher_cfg, cfg)  # also: the student keeps the teacher's width
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = n_layer
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
-        config.layer_types = [config.layer_types[t] for t in teacher_layer_map(teacher_cfg.n_layer, n_layer)]
+        config.layer_types = [config.layer_types[t] for t in layer_map]
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if cfg.init_from_teacher:
-        layer_map = teacher_layer_map(teacher_cfg.n_layer, n_layer)
         name, _ = decoder_layers(teacher)
         source = teacher.state_dict()
         state = {}
