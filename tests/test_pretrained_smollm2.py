@@ -132,3 +132,43 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     assert rows["teacher"]["parameters"] - rows["teacher"]["non_embedding_parameters"] == 49152 * 576
     # int8 blocks and head; the 28M-parameter embedding stays fp32, so far from 4x smaller
     assert rows["quantized"]["bytes_on_disk"] < rows["pruned"]["bytes_on_disk"]
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir() or not (SHARED / "rt-polarity").is_dir(),
+                    reason="../shared/data (WikiText-2, rt-polarity) is not beside the repository")
+def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_student(workdir, tmp_path, monkeypatch):
+    """profile=cpu_smollm2_real on fewer documents: WikiText-2 and rt-polarity go through the local loader
+    with the SmolLM2 tokenizer, and the 15-layer student starts from the teacher's most influential
+    layers with at most half of its non-embedding parameters."""
+    import shutil
+
+    from lmforge.data import preprocess as preprocess_module
+    from lmforge.modeling.build import build_student, non_embedding_parameters
+    from lmforge.training.distill import student_layer_map
+
+    folder, _ = workdir
+    compose(tmp_path / "params.yaml", ["profile=cpu_smollm2_real", "data.general_docs=300",
+                                       "data.task_examples=400", "student.calibration_samples=4"],
+            conf_dir=ROOT / "conf")
+    for corpus in ("wikitext-2", "rt-polarity"):
+        shutil.copytree(SHARED / corpus, tmp_path / "data" / "raw" / corpus)
+    shutil.copytree(folder / BASE, tmp_path / BASE)
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(*SECTIONS)
+    pre = preprocess_module.preprocess(params)
+    assert pre["vocab_size"] == 49152
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    prompt = params["preprocess"].prompt
+    assert prompt == "\nSentiment:"
+    for word in params["preprocess"].label_words:  # single tokens after this prompt too
+        assert tokenizer.encode(prompt + word) == tokenizer.encode(prompt) + tokenizer.encode(word)
+
+    teacher = AutoModelForCausalLM.from_pretrained(BASE)
+    layer_map, influence = student_layer_map(teacher, params)
+    assert len(layer_map) == 15 and len(influence) == 30
+    assert min(influence[i] for i in layer_map) >= max(b for i, b in enumerate(influence) if i not in layer_map)
+    student = build_student(teacher, params["model"], params["student"], seed=0, layer_map=layer_map)
+    assert non_embedding_parameters(student) <= 0.5 * non_embedding_parameters(teacher)

@@ -5,7 +5,9 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
+from lmforge.compression.calibration import calibrate, most_influential_blocks
 from lmforge.config import KDConfig, ModelConfig, StudentConfig
+from lmforge.errors import ConfigError
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
 from lmforge.training.data import PadCollator
 from lmforge.training.distill import DistillationTrainer
@@ -17,6 +19,11 @@ TEACHER = ModelConfig(arch="gpt2", init="scratch", name_or_path=None, gguf_file=
 
 def teacher_model(seed: int = 0) -> GPT2LMHeadModel:
     return build_model(TEACHER, vocab_size=50, eos_token_id=0, seed=seed)
+
+
+def student_config(n_head: int | None = None, n_embd: int | None = None) -> StudentConfig:
+    return StudentConfig(n_layer=2, n_head=n_head, n_embd=n_embd, init_from_teacher=True, layer_selection="even",
+                         calibration_samples=8)
 
 
 def test_model_is_built_from_config_with_the_tokenizer_vocabulary():
@@ -34,8 +41,7 @@ def test_initial_weights_are_a_function_of_the_seed():
     other = teacher_model(seed=8).state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["transformer.h.0.attn.c_attn.weight"], other["transformer.h.0.attn.c_attn.weight"])
-    narrow = StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True,
-                 layer_selection="even", calibration_samples=8)
+    narrow = student_config(n_head=2, n_embd=16)
     a = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
     b = build_student(teacher_model(), TEACHER, narrow, seed=3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -43,9 +49,7 @@ def test_initial_weights_are_a_function_of_the_seed():
 
 def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
     teacher = teacher_model()
-    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=None, n_embd=None,
-                                                            init_from_teacher=True,
-                 layer_selection="even", calibration_samples=8), seed=0)
+    student = build_student(teacher, TEACHER, student_config(), seed=0)
     assert teacher_layer_map(4, 2) == [0, 2]
     for s, t in enumerate([0, 2]):
         for (name, ps), (_, pt) in zip(student.transformer.h[s].named_parameters(),
@@ -55,11 +59,30 @@ def test_student_halves_the_layers_and_copies_alternate_teacher_blocks():
     assert non_embedding_parameters(student) <= 0.6 * non_embedding_parameters(teacher)
 
 
+def test_student_starts_from_the_most_influential_teacher_blocks():
+    """Blocks 0 and 2 made identities (zero output projections: output = input, influence 0) must be the
+    ones left out, where even spacing would keep exactly them."""
+    teacher = teacher_model()
+    with torch.no_grad():
+        for i in (0, 2):
+            for proj in (teacher.transformer.h[i].attn.c_proj, teacher.transformer.h[i].mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+    blocks = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    influence = calibrate(teacher, blocks, batch_size=2).block_influence
+    assert influence[0] == pytest.approx(0.0, abs=1e-6) and influence[2] == pytest.approx(0.0, abs=1e-6)
+    layer_map = most_influential_blocks(influence, 2)
+    assert layer_map == [1, 3] and teacher_layer_map(4, 2) == [0, 2]
+    student = build_student(teacher, TEACHER, student_config(), seed=0, layer_map=layer_map)
+    for s, t in enumerate(layer_map):
+        assert torch.equal(student.transformer.h[s].mlp.c_fc.weight, teacher.transformer.h[t].mlp.c_fc.weight)
+    with pytest.raises(ConfigError, match="expected 2 teacher layers"):
+        build_student(teacher, TEACHER, student_config(), seed=0, layer_map=[1, 2, 3])
+
+
 def test_student_of_another_width_starts_from_scratch():
     teacher = teacher_model()
-    student = build_student(teacher, TEACHER, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True,
-                 layer_selection="even", calibration_samples=8),
-                            seed=0)
+    student = build_student(teacher, TEACHER, student_config(n_head=2, n_embd=16), seed=0)
     assert student.config.n_embd == 16 and student.config.n_layer == 2
 
 
