@@ -141,7 +141,7 @@ SHARED = ROOT.parent / "shared" / "data"
                     reason="../shared/data (WikiText-2, rt-polarity) is not beside the repository")
 def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_student(workdir, tmp_path, monkeypatch):
     """profile=cpu_smollm2_real on fewer documents: WikiText-2 and rt-polarity go through the local loader
-    with the SmolLM2 tokenizer, and the 15-layer student starts from the teacher's most influential
+    with the SmolLM2 tokenizer, and the 14-layer student starts from the teacher's most influential
     layers with at most half of its non-embedding parameters."""
     import shutil
 
@@ -168,7 +168,7 @@ def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_stud
 
     teacher = AutoModelForCausalLM.from_pretrained(BASE)
     layer_map, influence = student_layer_map(teacher, params)
-    assert len(layer_map) == 15 and len(influence) == 30
+    assert len(layer_map) == 14 and len(influence) == 30
     assert min(influence[i] for i in layer_map) >= max(b for i, b in enumerate(influence) if i not in layer_map)
     student = build_student(teacher, params["model"], params["student"], seed=0, layer_map=layer_map)
     assert non_embedding_parameters(student) <= 0.5 * non_embedding_parameters(teacher)
