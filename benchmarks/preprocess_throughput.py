@@ -49,8 +49,8 @@ def corpora(overrides: list[str], max_docs: int | None, with_wikitext: bool):
     with tempfile.TemporaryDirectory() as tmp:
         compose(Path(tmp) / "params.yaml", overrides, conf_dir=REPO / "conf")
         params = stage_params("data", "preprocess", path=Path(tmp) / "params.yaml")
-    cfg = params["preprocess"]
-    raw = synthetic.generate(params["data"], params["seed"])
+    cfg = params.preprocess
+    raw = synthetic.generate(params.data, params.seed)
     general = [clean_text(doc) for doc in raw.general][:max_docs]
     tokenizer = train_tokenizer(general, cfg.vocab_size)
     yield f"synthetic general (stage tokenizer, vocab {len(tokenizer)})", general, tokenizer, cfg.block_size

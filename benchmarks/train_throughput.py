@@ -147,11 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         compose(Path(tmp) / "params.yaml", args.override, conf_dir=REPO / "conf")
         params = stage_params("model", "preprocess", "pretrain", path=Path(tmp) / "params.yaml")
-        cfg = dataclasses.replace(params["pretrain"], max_steps=args.warmup + args.steps)
-        block_size, vocab_size, seed = params["preprocess"].block_size, params["preprocess"].vocab_size, params["seed"]
+        cfg = dataclasses.replace(params.pretrain, max_steps=args.warmup + args.steps)
+        block_size, vocab_size, seed = params.preprocess.block_size, params.preprocess.vocab_size, params.seed
         pad_id = 0  # the byte-level BPE's eos/pad token (its only special token) is id 0
 
-        prototype = build_model(params["model"], vocab_size=vocab_size, eos_token_id=pad_id, seed=seed)
+        prototype = build_model(params.model, vocab_size=vocab_size, eos_token_id=pad_id, seed=seed)
         generator = torch.Generator().manual_seed(seed)
         blocks = torch.randint(1, vocab_size, (cfg.max_steps * cfg.batch_size, block_size), generator=generator)
         fpt, n_params = flops_per_token(prototype, block_size)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             "overrides": args.override,
             "model": {"n_layer": model_cfg.n_layer, "n_head": model_cfg.n_head, "n_embd": model_cfg.n_embd,
-                      "vocab_size": vocab_size, "dropout": params["model"].dropout,
+                      "vocab_size": vocab_size, "dropout": params.model.dropout,
                       "parameters": sum(p.numel() for p in prototype.parameters()),
                       "parameters_without_wpe": n_params},
             "block_size": block_size,

@@ -12,8 +12,8 @@ def main() -> None:
     params = stage_params("model")
     from lmforge.modeling.pretrained import check_source, prepare_base  # importing transformers takes seconds
 
-    check_source(params["model"])  # a missing GGUF file or a bad combination fails before any loading
-    prepare_base(params["model"])
+    check_source(params.model)  # a missing GGUF file or a bad combination fails before any loading
+    prepare_base(params.model)
 
 
 if __name__ == "__main__":

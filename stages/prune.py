@@ -29,14 +29,14 @@ def main() -> None:
     from lmforge.training.distill import DistillationTrainer
     from lmforge.training.runner import fingerprint, fit, save_model
 
-    cfg, seed = params["prune"], params["seed"]
+    cfg, seed = params.prune, params.seed
     source, teacher_dir = paths.model_dir("student"), paths.model_dir("teacher")
     output = paths.model_dir("pruned")
 
     # load, and refuse a configuration this model cannot take before any work
     tokenizer = data.load_tokenizer()
-    model = load_model(source, "distill")  # safetensors only; a truncated file or a non-finite weight stops here
-    teacher = load_model(teacher_dir, "finetune")
+    model = load_model(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    teacher = load_model(teacher_dir)
     methods.check(cfg, model)
     val = gate.validation_data(VALIDATION_EXAMPLES)
     metrics: dict[str, Any] = {"method": cfg.method, "before": _describe(model),

@@ -96,12 +96,12 @@ def task_model(model_fp32, quantized, out, cfg: QuantizeConfig, data: dict) -> d
 
 def main() -> None:
     params = stage_params("quantize")
-    cfg: QuantizeConfig = params["quantize"]
+    cfg: QuantizeConfig = params.quantize
     quantize.check_config(cfg)
     source, target = paths.model_dir("pruned"), paths.model_dir("quantized")
     if not (source / "config.json").is_file():
         raise DataError(f"{source}: no model found (its config.json is missing); run `dvc repro prune` first")
-    model = load_model(source, "prune").eval()  # safetensors only; a truncated file or a non-finite weight stops here
+    model = load_model(source).eval()  # safetensors only; a truncated file or a non-finite weight stops here
     data = load_validation(cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
     before = check(model, data)
@@ -122,7 +122,7 @@ def main() -> None:
         gate_result = {"enabled": False}
         if cfg.gate is not None:  # against the teacher, before the new model replaces the old one
             val = gate.validation_data(cfg.check_max_examples)
-            teacher = load_model(paths.model_dir("teacher"), "finetune").eval()
+            teacher = load_model(paths.model_dir("teacher")).eval()
             gate_result = gate.check("quantize", cfg.gate, gate.measure(quantized, val), gate.measure(teacher, val),
                                      str(target))
         task = task_model(model, quantized, out, cfg, data) if cfg.task_model else {}

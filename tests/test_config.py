@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lmforge.compose import compose
-from lmforge.config import SECTIONS, stage_params
+from lmforge.config import SECTIONS, TOP_LEVEL_KEYS, Params, stage_params
 from lmforge.errors import ConfigError
 from lmforge.modeling.build import student_shape
 
@@ -30,7 +30,18 @@ def test_committed_params_equal_a_fresh_composition(tmp_path):
 def test_every_section_of_every_profile_validates(tmp_path, profile):
     path = composed(tmp_path, *([f"profile={profile}"] if profile else []))
     params = stage_params(*SECTIONS, path=path)
-    assert set(params) == {"seed", *SECTIONS}
+    assert all(isinstance(getattr(params, name), schema) for name, schema in SECTIONS.items())
+
+
+def test_params_has_one_typed_field_per_section_and_a_stage_gets_only_the_sections_it_declares(tmp_path):
+    assert [f.name for f in dataclasses.fields(Params)] == [*TOP_LEVEL_KEYS, *SECTIONS]
+    params = stage_params("model", "pretrain", path=composed(tmp_path))
+    assert params.model.arch == "gpt2" and params.pretrain.max_steps > 0 and params.seed == 1234
+    assert params.data is None and params.evaluate is None  # not declared: DVC does not track them
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1
+    with pytest.raises(ValueError, match="'pretrian'"):
+        stage_params("pretrian", path=composed(tmp_path))
 
 
 @pytest.mark.parametrize("method", sorted(p.stem for p in (ROOT / "conf/prune").glob("*.yaml") if p.stem != "common"))
@@ -40,7 +51,7 @@ def test_every_prune_option_validates_and_fits_the_default_student(tmp_path, met
 
     from lmforge.compression import methods
 
-    cfg = stage_params("prune", path=composed(tmp_path, f"prune={method}"))["prune"]
+    cfg = stage_params("prune", path=composed(tmp_path, f"prune={method}")).prune
     torch.manual_seed(0)
     methods.check(cfg, GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=128, n_layer=2, n_head=4)))
 
@@ -96,8 +107,8 @@ def test_a_missing_key_is_named(tmp_path):
 
 def test_recovery_uses_the_distill_kd_loss_written_once_in_conf(tmp_path):
     params = stage_params("distill", "prune", path=composed(tmp_path, "distill.kd.temperature=3.5"))
-    assert params["prune"].recovery.kd == params["distill"].kd
-    assert params["distill"].kd.temperature == 3.5
+    assert params.prune.recovery.kd == params.distill.kd
+    assert params.distill.kd.temperature == 3.5
     conf = [p.read_text() for p in (ROOT / "conf").rglob("*.yaml")]
     assert sum(len(re.findall(r"^\s*temperature:", text, re.M)) for text in conf) == 1
 
@@ -120,4 +131,4 @@ def test_a_student_larger_than_its_teacher_is_refused(tmp_path, key, value, mess
     assert message in str(err.value)
     params = stage_params("model", "student", path=edited(tmp_path, "student", "n_layer", 2))
     with pytest.raises(ConfigError, match="must not be larger than its teacher"):
-        student_shape(params["model"], dataclasses.replace(params["student"], **{key: value}))
+        student_shape(params.model, dataclasses.replace(params.student, **{key: value}))

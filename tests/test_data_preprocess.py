@@ -71,7 +71,7 @@ def test_a_rerun_writes_the_same_bytes(tiny_processed, tmp_path, monkeypatch):
 
 def test_outputs_load(tiny_processed):
     params, metrics = tiny_processed
-    cfg = params["preprocess"]
+    cfg = params.preprocess
     tokenizer = AutoTokenizer.from_pretrained(paths.TOKENIZER)
     assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
     assert len(tokenizer) == metrics["vocab_size"] <= cfg.vocab_size
@@ -86,7 +86,7 @@ def test_outputs_load(tiny_processed):
 
 def test_lm_blocks(tiny_processed):
     params, metrics = tiny_processed
-    block_size = params["preprocess"].block_size
+    block_size = params.preprocess.block_size
     eos_id = AutoTokenizer.from_pretrained(paths.TOKENIZER).eos_token_id
     for path in (paths.LM_GENERAL, paths.LM_DOMAIN):
         data = load_from_disk(path)
@@ -100,7 +100,7 @@ def test_lm_blocks(tiny_processed):
 
 def test_task_examples(tiny_processed):
     params, metrics = tiny_processed
-    cfg = params["preprocess"]
+    cfg = params.preprocess
     tokenizer = AutoTokenizer.from_pretrained(paths.TOKENIZER)
     prompt_ids = tokenizer.encode(cfg.prompt)
     truncated = 0
@@ -118,7 +118,7 @@ def test_task_examples(tiny_processed):
 
 def test_metrics_add_up_and_no_leakage(tiny_processed):
     params, metrics = tiny_processed
-    data = params["data"]
+    data = params.data
     sizes = {"general": data.general_docs, "domain": data.domain_docs, "task": data.task_examples}
     for name, stats in metrics["sources"].items():
         assert stats["docs_in"] == sizes[name]
@@ -206,7 +206,7 @@ def test_stage_exits_2_with_a_clear_error(tmp_path):
 def streamed_peak_bytes(params: dict, folder: Path, n_docs: int) -> tuple[int, int]:
     """(peak Python heap, characters) of a lazily generated general corpus of `n_docs` paragraphs going
     through the stage's streaming chain: cleaning, hash split into Arrow files, then packing each split."""
-    cfg = params["preprocess"]
+    cfg = params.preprocess
     words = "the a of river stone light green old house under over quietly ran saw".split()
 
     def paragraph(i: int) -> str:  # ~1 kB, every one different

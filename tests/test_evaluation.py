@@ -272,7 +272,7 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
 
 def test_unknown_model_name_is_a_config_error(layout):
     params = stage_params("evaluate", path=layout / "params.yaml")
-    params["evaluate"].models = ["teacher", "distilled"]
+    params.evaluate.models = ["teacher", "distilled"]
     with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
         evaluate_module.evaluate(params)
 

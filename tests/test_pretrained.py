@@ -81,7 +81,7 @@ def test_the_pretrained_profiles_validate(tmp_path, profile):
     path = tmp_path / "params.yaml"
     compose(path, [f"profile={profile}"], conf_dir=ROOT / "conf")
     params = stage_params(*SECTIONS, path=path)
-    assert params["model"].init == "pretrained" and params["model"].arch == "llama"
+    assert params.model.init == "pretrained" and params.model.arch == "llama"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def workdir(tmp_path_factory):
         mp.chdir(folder)
         params = stage_params(*SECTIONS)
         start = time.perf_counter()
-        prepare_base(params["model"])
+        prepare_base(params.model)
         print(f"\nGGUF -> safetensors conversion: {time.perf_counter() - start:.1f} s")
     return folder, params
 
@@ -63,7 +63,7 @@ def test_gguf_converts_to_a_plain_safetensors_llama_with_the_same_logits(workdir
     assert isinstance(converted, LlamaForCausalLM)
     assert "quantization_config" not in read_json(base / "config.json")
 
-    gguf = resolve_gguf(params["model"].gguf_file)
+    gguf = resolve_gguf(params.model.gguf_file)
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
     tokenizer = AutoTokenizer.from_pretrained(base)
     ids = torch.tensor([tokenizer.encode("The movie was not bad at all. Sentiment: positive")])
@@ -74,7 +74,7 @@ def test_gguf_converts_to_a_plain_safetensors_llama_with_the_same_logits(workdir
 def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
     folder, params = workdir
     tokenizer = AutoTokenizer.from_pretrained(folder / BASE)
-    prompt, words = params["preprocess"].prompt, params["preprocess"].label_words
+    prompt, words = params.preprocess.prompt, params.preprocess.label_words
     for word in words:
         ids = tokenizer.encode(word)
         assert len(ids) == 1, (word, ids)
@@ -115,7 +115,7 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
         runpy.run_path(str(ROOT / "stages" / "quantize.py"), run_name="test")["main"]()
         return json.loads((paths.METRICS / "quantize.json").read_text())
 
-    assert timed("quantize", quantize)["coverage"] >= params["quantize"].min_coverage
+    assert timed("quantize", quantize)["coverage"] >= params.quantize.min_coverage
     results = timed("evaluate", evaluate)
     write_report(results)
     print(f"\nstage times (s): {timings}")
@@ -161,14 +161,14 @@ def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_stud
     pre = preprocess_module.preprocess(params)
     assert pre["vocab_size"] == 49152
     tokenizer = AutoTokenizer.from_pretrained(BASE)
-    prompt = params["preprocess"].prompt
+    prompt = params.preprocess.prompt
     assert prompt == "\nSentiment:"
-    for word in params["preprocess"].label_words:  # single tokens after this prompt too
+    for word in params.preprocess.label_words:  # single tokens after this prompt too
         assert tokenizer.encode(prompt + word) == tokenizer.encode(prompt) + tokenizer.encode(word)
 
     teacher = AutoModelForCausalLM.from_pretrained(BASE)
     layer_map, influence = student_layer_map(teacher, params)
     assert len(layer_map) == 14 and len(influence) == 30
     assert min(influence[i] for i in layer_map) >= max(b for i, b in enumerate(influence) if i not in layer_map)
-    student = build_student(teacher, params["model"], params["student"], seed=0, layer_map=layer_map)
+    student = build_student(teacher, params.model, params.student, seed=0, layer_map=layer_map)
     assert non_embedding_parameters(student) <= 0.5 * non_embedding_parameters(teacher)

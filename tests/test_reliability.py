@@ -387,13 +387,28 @@ def test_a_truncated_model_file_names_the_file_and_the_stage_that_makes_it(tmp_p
     assert "dvc repro finetune" in line
 
 
+def test_one_helper_names_the_stage_that_makes_any_input_of_the_chain_again():
+    from lmforge import paths
+    from lmforge.config import MODEL_NAMES
+    from lmforge.errors import missing_input, rerun_hint
+
+    assert {m: paths.producer_of(paths.model_dir(m)) for m in MODEL_NAMES} == {
+        "base": "base", "general": "pretrain", "teacher": "finetune", "student": "distill", "pruned": "prune",
+        "quantized": "quantize"}
+    assert paths.producer_of(paths.TASK / "test") == "preprocess"
+    assert paths.producer_of("/elsewhere/repo/models/pruned/model.safetensors") == "prune"  # absolute paths too
+    message = "data/processed/task_meta.json: not found (run `dvc repro preprocess`)"
+    assert str(missing_input(paths.TASK_META)) == message
+    assert rerun_hint("exported/model") == "rerun the stage that writes it"  # not an output of the chain
+
+
 def test_model_folders_are_read_from_safetensors_only(tmp_path):
     from lmforge.errors import DataError
     from lmforge.modeling.checks import load_model
 
     folder = tiny_model_folder(tmp_path / "models/teacher", safetensors=False)  # pytorch_model.bin: a pickle
     with pytest.raises(DataError, match=r"no \.safetensors weights .*dvc repro finetune"):
-        load_model(folder, "finetune")
+        load_model(folder)
 
 
 @pytest.mark.slow

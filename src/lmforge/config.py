@@ -275,6 +275,28 @@ SECTIONS: dict[str, type] = {
 # Top-level scalars of params.yaml besides the sections (each checked in `validate_params`).
 TOP_LEVEL_KEYS = ("seed", "launcher")
 
+
+@dataclass(frozen=True)
+class Params:
+    """params.yaml, validated: the top-level keys and one typed config per section (SECTIONS).
+
+    `stage_params` fills only the sections a stage declares in dvc.yaml and leaves the others None,
+    so that a stage cannot silently depend on a parameter DVC does not track for it.
+    """
+
+    seed: int
+    launcher: str = "python"
+    data: DataConfig | None = None
+    preprocess: PreprocessConfig | None = None
+    model: ModelConfig | None = None
+    student: StudentConfig | None = None
+    pretrain: TrainConfig | None = None
+    finetune: FinetuneConfig | None = None
+    distill: DistillConfig | None = None
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
 MODEL_NAMES = ("base", "general", "teacher", "student", "pruned", "quantized")
 
 
@@ -296,21 +318,23 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
-def stage_params(*sections: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Validated sections of params.yaml: dataclass instances, plus the top-level `seed` (int).
+def stage_params(*sections: str, path: str | Path = PARAMS_FILE) -> Params:
+    """The validated `sections` of params.yaml (and the top-level keys); the other sections are None.
 
     The whole file is validated, not only `sections`: a stage refuses to run on parameters that the
     validate stage (the first of dvc.yaml) would refuse, whichever way it was started.
     """
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown params.yaml section {unknown[0]!r} (sections: {', '.join(SECTIONS)})")
     params = validate_params(load_params(path), path)
-    return {"seed": params["seed"], **{name: params[name] for name in sections}}
+    return dataclasses.replace(params, **{name: None for name in SECTIONS if name not in sections})
 
 
-def validate_params(raw: Mapping[str, Any], source: str | Path = PARAMS_FILE) -> dict[str, Any]:
+def validate_params(raw: Mapping[str, Any], source: str | Path = PARAMS_FILE) -> Params:
     """Every section of `raw` (iterating SECTIONS), the top-level keys, then the checks across sections.
 
-    Returns {"seed", "launcher", <section>: dataclass instance, ...}; the first problem raises a
-    ConfigError whose message names the key, the value and what is allowed.
+    The first problem raises a ConfigError whose message names the key, the value and what is allowed.
     """
     allowed = [*TOP_LEVEL_KEYS, *SECTIONS]
     unknown = [key for key in raw if key not in allowed]
@@ -319,12 +343,11 @@ def validate_params(raw: Mapping[str, Any], source: str | Path = PARAMS_FILE) ->
     for name in allowed:
         if name not in raw:
             raise ConfigError(f"{source}: missing " + (f"section '{name}'" if name in SECTIONS else f"key '{name}'"))
-    params: dict[str, Any] = {
-        "seed": _check_value(raw["seed"], int, "seed", {}, source),
-        "launcher": check_launcher(raw["launcher"], source),
-    }
-    for name, schema in SECTIONS.items():
-        params[name] = parse_section(raw[name], schema, name, source)
+    params = Params(
+        seed=_check_value(raw["seed"], int, "seed", {}, source),
+        launcher=check_launcher(raw["launcher"], source),
+        **{name: parse_section(raw[name], schema, name, source) for name, schema in SECTIONS.items()},
+    )
     check_across_sections(params, source)
     return params
 
@@ -463,20 +486,18 @@ def student_shape(teacher: ModelConfig, student: StudentConfig,
     return student.n_layer, n_head, n_embd
 
 
-def check_across_sections(params: Mapping[str, Any], source: str | Path = PARAMS_FILE) -> None:
+def check_across_sections(params: Params, source: str | Path = PARAMS_FILE) -> None:
     """Every check that involves more than one key or section, in one place (run by `validate_params`).
 
     Sections added later are validated by their schema through SECTIONS; a rule that relates them to
     others belongs here.
     """
-    model: ModelConfig = params["model"]
-    preprocess: PreprocessConfig = params["preprocess"]
-    evaluate: EvaluateConfig = params["evaluate"]
+    model, preprocess, evaluate = params.model, params.preprocess, params.evaluate
     if model.n_embd % model.n_head:
         raise ConfigError(f"{source}: invalid value for 'model.n_head': {model.n_head} (expected a divisor of "
                           f"model.n_embd={model.n_embd})")
     check_model_source(model, source)
-    student_shape(model, params["student"], source)
+    student_shape(model, params.student, source)
     if preprocess.block_size > model.n_positions:
         raise ConfigError(f"{source}: invalid value for 'preprocess.block_size': {preprocess.block_size} "
                           f"(expected <= model.n_positions={model.n_positions}: the model reads whole blocks)")

@@ -31,15 +31,13 @@ from typing import Any
 import torch
 
 from lmforge.artifacts import read_json
-from lmforge.errors import DataError
+from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.modelcard import TASK_FILE
+from lmforge.paths import producer_of
 
 BATCH_SIZE = 32
 GENERIC_MANIFEST = "config.json"  # every format carries one: it identifies a folder only when nothing else does
-# Which DVC stage writes each model folder of the chain (for "run `dvc repro <stage>`" messages).
-PRODUCED_BY = {"base": "base", "general": "pretrain", "teacher": "finetune", "student": "distill",
-               "pruned": "prune", "quantized": "quantize"}
 
 
 class ModelFolderError(DataError):
@@ -65,7 +63,7 @@ def _load_hf(folder: Path) -> Any:
     from lmforge.modeling.checks import load_model
 
     # safetensors only, and a truncated file or a non-finite weight named with the stage that writes it
-    return load_model(folder, PRODUCED_BY.get(folder.name, "the stage that wrote it"))
+    return load_model(folder)
 
 
 def _load_quantized(folder: Path, threads: int | None = None) -> Any:
@@ -86,16 +84,12 @@ register_format("quantized", "quantization.json", ("model_int8.safetensors", "mo
 register_format("lowrank", "lowrank.json", ("model_lowrank.safetensors",), _load_lowrank)
 
 
-def _hint(folder: Path) -> str:
-    stage = PRODUCED_BY.get(folder.name)
-    return f"run `dvc repro {stage}`" if stage else "rerun the stage that writes it"
-
-
 def detect_format(folder: str | Path) -> ModelFormat:
     """The format of a model folder, from its manifest; ModelFolderError with the reason when it has none."""
     folder = Path(folder)
     if not folder.exists():
-        raise ModelFolderError(f"{folder}: not found" + (f" ({_hint(folder)})" if folder.name in PRODUCED_BY else ""))
+        hint = f" ({rerun_hint(folder)})" if producer_of(folder) else ""
+        raise ModelFolderError(f"{folder}: not found{hint}")
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: not a folder (MODEL is a model folder, e.g. models/quantized)")
     if ".tmp-" in folder.name or ".old-" in folder.name:
@@ -117,7 +111,7 @@ def detect_format(folder: str | Path) -> ModelFormat:
                                f"(found: {', '.join(names[:8]) or 'nothing'}{', ...' if len(names) > 8 else ''})")
     if not weight_files(folder, fmt):
         raise ModelFolderError(f"{folder}: has {fmt.manifest} but no weights ({' or '.join(fmt.weights)}): "
-                               f"written by an unfinished stage; {_hint(folder)}")
+                               f"written by an unfinished stage; {rerun_hint(folder)}")
     return fmt
 
 
@@ -209,7 +203,7 @@ def load_model(folder: str | Path) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: no usable tokenizer ({exc}); model folders of the chain carry one, "
-                               f"{_hint(folder)}") from exc
+                               f"{rerun_hint(folder)}") from exc
     config = read_json(folder / GENERIC_MANIFEST) if (folder / GENERIC_MANIFEST).is_file() else {}
     task = read_json(folder / TASK_FILE) if (folder / TASK_FILE).is_file() else None
     return LoadedModel(folder, fmt, load_weights(folder), tokenizer, config, task)

@@ -34,3 +34,19 @@ REPORTS = Path("reports")
 
 def model_dir(name: str) -> Path:
     return MODELS / name
+
+
+# The DVC stage that writes each input of a stage: what "run `dvc repro <stage>`" messages name.
+PRODUCED_BY = {PROCESSED: "preprocess", MODELS / "base": "base", MODELS / "general": "pretrain",
+               MODELS / "teacher": "finetune", MODELS / "student": "distill", MODELS / "pruned": "prune",
+               MODELS / "quantized": "quantize"}
+
+
+def producer_of(path: str | Path) -> str | None:
+    """The stage that writes `path` (a file or folder under one of PRODUCED_BY, relative or absolute)."""
+    parts = Path(path).parts
+    for output, stage in PRODUCED_BY.items():
+        n = len(output.parts)
+        if any(parts[i:i + n] == output.parts for i in range(len(parts) - n + 1)):
+            return stage
+    return None

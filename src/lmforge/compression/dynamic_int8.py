@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
-from lmforge.errors import DataError
+from lmforge.errors import DataError, missing_input, rerun_hint
 from lmforge.modeling.checks import check_finite
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,8 @@ def load_quantized(path: str | Path) -> nn.Module:
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError) as exc:
-        raise DataError(f"{weights_path}: cannot be read as safetensors: {exc}; it is produced by "
-                        "`dvc repro quantize`") from exc
-    check_finite(tensors, f"{weights_path} (written by `dvc repro quantize`)")
+        raise missing_input(weights_path, f"cannot be read as safetensors: {exc}") from exc
+    check_finite(tensors, f"{weights_path} ({rerun_hint(weights_path)})")
     floats = _float_state(model)
     expected = set(floats)
     for name, spec in specs.items():

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from lmforge import paths
 from lmforge.artifacts import atomic_dir, write_json
-from lmforge.config import DataConfig, PreprocessConfig
+from lmforge.config import DataConfig, Params, PreprocessConfig
 from lmforge.data import RawCorpora, sources, synthetic
 from lmforge.data.arrow_files import BlockWriter, TextFile
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
@@ -50,15 +50,15 @@ SOURCES: dict[str, Callable[[DataConfig, int], RawCorpora]] = {
 BASE_TOKENIZER = paths.MODELS / "base"  # written by the base stage (a pretrained checkpoint)
 
 
-def preprocess(params: dict[str, Any]) -> dict[str, Any]:
+def preprocess(params: Params) -> dict[str, Any]:
     """Run the whole preprocess stage from validated params (`stage_params("data", "preprocess")`);
     writes data/processed and returns the metrics."""
-    data_cfg: DataConfig = params["data"]
-    cfg: PreprocessConfig = params["preprocess"]
+    data_cfg: DataConfig = params.data
+    cfg: PreprocessConfig = params.preprocess
     validate(cfg)
 
-    log.info("loading %s corpora (seed %d)", data_cfg.source, params["seed"])
-    raw = load_raw(data_cfg, params["seed"])
+    log.info("loading %s corpora (seed %d)", data_cfg.source, params.seed)
+    raw = load_raw(data_cfg, params.seed)
     if any(not 0 <= y < len(cfg.label_words) for y in raw.task_labels):
         raise DataError(f"task labels must be indices into preprocess.label_words "
                         f"(0..{len(cfg.label_words) - 1}), found {sorted(set(raw.task_labels))}")

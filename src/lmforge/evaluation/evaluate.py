@@ -18,11 +18,11 @@ from torch import nn
 from lmforge import hardware, paths
 from lmforge.artifacts import read_json
 from lmforge.compression.quantize import weights_bytes
-from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig
-from lmforge.errors import ConfigError, DataError
+from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig, Params
+from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.evaluation.external import load_external_sets
-from lmforge.modelio import PRODUCED_BY, load_weights
+from lmforge.modelio import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,15 @@ PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
 
 
-def evaluate(params: dict[str, Any]) -> dict[str, Any]:
-    """Measure the models named in params["evaluate"].models (and the base model, when the chain starts
+def evaluate(params: Params) -> dict[str, Any]:
+    """Measure the models named in params.evaluate.models (and the base model, when the chain starts
     from a pretrained one: what adaptation bought is measured against it).
 
     Returns {"models": {name: {...}}, "baselines": {...}, "external": {...}, "data": {...}, "environment": {...}}.
     """
-    cfg: EvaluateConfig = params["evaluate"]
-    seed: int = params.get("seed", 0)
-    models = models_to_measure(cfg.models, params.get("model"))
+    cfg: EvaluateConfig = params.evaluate
+    seed = params.seed
+    models = models_to_measure(cfg.models, params.model)
     _check_inputs(models)
 
     general = list(_test_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
@@ -163,10 +163,9 @@ def _check_inputs(models: list[str]) -> None:
                           f"(expected names from {', '.join(MODEL_NAMES)})")
     if not models:
         raise ConfigError("'evaluate.models' is empty: name at least one model of the chain")
-    missing = [f"{p} (run `dvc repro preprocess`)"
-               for p in (paths.LM_GENERAL, paths.LM_DOMAIN, paths.TASK, paths.TASK_META) if not p.exists()]
-    missing += [f"{paths.model_dir(m)} (run `dvc repro {PRODUCED_BY[m]}`)"
-                for m in models if not (paths.model_dir(m) / "config.json").is_file()]
+    needed = [paths.LM_GENERAL, paths.LM_DOMAIN, paths.TASK, paths.TASK_META, *map(paths.model_dir, models)]
+    missing = [f"{p} ({rerun_hint(p)})" for p in needed
+               if not (p / "config.json" if p.parent == paths.MODELS else p).exists()]
     if missing:
         raise DataError("evaluate needs inputs that are missing: " + "; ".join(missing))
 
@@ -175,10 +174,9 @@ def _test_split(path: Path) -> datasets.Dataset:
     try:
         splits = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"{path}: cannot be loaded as a dataset ({exc}); run `dvc repro preprocess`") from exc
+        raise missing_input(path, f"cannot be loaded as a dataset: {exc}") from exc
     if not isinstance(splits, datasets.DatasetDict) or "test" not in splits or len(splits["test"]) == 0:
-        raise DataError(f"{path}: expected a DatasetDict with a non-empty 'test' split; "
-                        "run `dvc repro preprocess`")
+        raise missing_input(path, "expected a DatasetDict with a non-empty 'test' split")
     return splits["test"]
 
 

@@ -23,7 +23,7 @@ from lmforge.config import ExternalSetConfig
 from lmforge.data import sources
 from lmforge.data.cleaning import DocumentFilter, overlap_key
 from lmforge.data.preprocess import encode_prompts
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError, DataError, missing_input
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def load_external_sets(specs: list[ExternalSetConfig], tokenizer: PreTrainedToke
     if not specs:
         return []
     if not paths.TEXT_DIGESTS.is_file():
-        raise DataError(f"{paths.TEXT_DIGESTS} not found: external test sets are checked against it; "
-                        "run `dvc repro preprocess`")
+        raise missing_input(paths.TEXT_DIGESTS, "not found: external test sets are checked against it")
     known = np.load(paths.TEXT_DIGESTS, allow_pickle=False)
     return [_load_one(i, spec, tokenizer, task_meta, known) for i, spec in enumerate(specs)]
 

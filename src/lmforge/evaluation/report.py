@@ -12,15 +12,13 @@ the accuracy gate (`evaluate.gate`, relative to the teacher).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from lmforge import paths
-from lmforge.artifacts import write_json, write_text
+from lmforge.artifacts import atomic_file, write_json, write_text
 from lmforge.stage import finite_metrics, write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
@@ -304,16 +302,8 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     axes[1].legend(list(legend.values()), list(legend), loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float | None, pattern: str) -> str:

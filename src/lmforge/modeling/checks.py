@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from lmforge.errors import DataError, LmforgeError
+from lmforge.errors import DataError, LmforgeError, missing_input, require, rerun_hint
 
 
 def _named_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
@@ -45,29 +45,27 @@ def check_finite(source: nn.Module | Mapping[str, torch.Tensor], where: str,
     raise error(f"{where}: tensor '{name}' has {nan} NaN and {inf} infinite value(s) of {tensor.numel()}")
 
 
-def check_safetensors(folder: Path, producer: str) -> list[Path]:
+def check_safetensors(folder: Path) -> list[Path]:
     """The folder's safetensors files, each with a readable header and all its data (not truncated)."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise DataError(f"{folder}: no .safetensors weights (it is produced by `dvc repro {producer}`)")
+        raise missing_input(folder, "no .safetensors weights")
     for file in files:
         try:
             with safe_open(str(file), framework="pt"):  # checks the header covers the file: not truncated
                 pass
         except (SafetensorError, OSError) as exc:
-            raise DataError(f"{file}: cannot be read as safetensors ({exc}); it is produced by "
-                            f"`dvc repro {producer}`: rerun it (`dvc repro -f {producer}`)") from exc
+            raise missing_input(file, f"cannot be read as safetensors: {exc}") from exc
     return files
 
 
-def load_model(folder: Path, producer: str, **kwargs):
+def load_model(folder: str | Path, **kwargs):
     """A `save_pretrained` folder of the chain as an fp32 causal LM, from safetensors only, checked finite."""
     from transformers import AutoModelForCausalLM
 
-    if not folder.exists():
-        raise DataError(f"{folder}: not found (it is produced by `dvc repro {producer}`)")
-    files = check_safetensors(folder, producer)
+    folder = require(folder)
+    files = check_safetensors(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32, **kwargs)
     where = str(files[0]) if len(files) == 1 else str(folder)
-    check_finite(model, where + f" (written by `dvc repro {producer}`)")
+    check_finite(model, f"{where} ({rerun_hint(folder)})")
     return model

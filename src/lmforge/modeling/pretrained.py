@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufCo
 from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
 from lmforge.config import ModelConfig, check_model_source
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError, DataError, missing_input
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
 
@@ -149,9 +149,8 @@ def base_checkpoint(cfg: ModelConfig, base: Path = BASE) -> Path:
     """models/base as the starting point of pretrain when init=pretrained; a clear error if it is not one."""
     manifest = base / MANIFEST
     if not manifest.is_file():
-        raise DataError(f"{manifest}: not found (it is produced by `dvc repro base`)")
+        raise missing_input(manifest)
     init = read_json(manifest).get("init")
     if init != cfg.init or not (base / "config.json").is_file():
-        raise DataError(f"{base} was written for model.init={init!r}, params.yaml has model.init={cfg.init!r}; "
-                        "run `dvc repro base`")
+        raise missing_input(base, f"written for model.init={init!r}, params.yaml has model.init={cfg.init!r}")
     return base

@@ -20,27 +20,20 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from lmforge import paths
 from lmforge.artifacts import read_json
 from lmforge.config import MixtureConfig
-from lmforge.errors import DataError
+from lmforge.errors import DataError, require
 from lmforge.training.losses import IGNORE_INDEX
 
 
-def require(path: Path, producer: str) -> Path:
-    """Fail early, naming the missing input and the stage that produces it."""
-    if not path.exists():
-        raise DataError(f"{path}: not found (it is produced by `dvc repro {producer}`)")
-    return path
-
-
 def load_tokenizer(path: Path = paths.TOKENIZER) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(require(path, "preprocess"))
+    return AutoTokenizer.from_pretrained(require(path))
 
 
 def task_meta() -> dict:
-    return read_json(require(paths.TASK_META, "preprocess"))
+    return read_json(require(paths.TASK_META))
 
 
 def _load(path: Path, split: str) -> Dataset:
-    dataset = load_from_disk(str(require(path, "preprocess")))
+    dataset = load_from_disk(str(require(path)))
     if split not in dataset:
         raise DataError(f"{path}: no '{split}' split (found {', '.join(dataset)})")
     return dataset[split]

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from lmforge import paths
 from lmforge.compression.calibration import calibrate, calibration_blocks, most_influential_blocks
-from lmforge.config import KDConfig
+from lmforge.config import KDConfig, Params
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
@@ -78,15 +78,15 @@ def check_logits_from_hidden(model: PreTrainedModel) -> None:
                            "output_embeddings(last hidden state); the chunked KD loss cannot be used with it")
 
 
-def student_layer_map(teacher: PreTrainedModel, params: dict[str, Any]) -> tuple[list[int] | None, list[float]]:
+def student_layer_map(teacher: PreTrainedModel, params: Params) -> tuple[list[int] | None, list[float]]:
     """The teacher layers the student starts from, and the measured block influence they were chosen by.
 
     (None, []) when no layer is copied (a narrower student) or `even` spacing is asked for."""
-    cfg = params["student"]
-    n_layer, _, n_embd = student_shape(params["model"], cfg)
-    if not cfg.init_from_teacher or n_embd != params["model"].n_embd or cfg.layer_selection == "even":
+    cfg = params.student
+    n_layer, _, n_embd = student_shape(params.model, cfg)
+    if not cfg.init_from_teacher or n_embd != params.model.n_embd or cfg.layer_selection == "even":
         return None, []
-    blocks = calibration_blocks(cfg.calibration_samples, params["seed"])
+    blocks = calibration_blocks(cfg.calibration_samples, params.seed)
     influence = calibrate(teacher, blocks, batch_size=8).block_influence
     layer_map = most_influential_blocks(influence, n_layer)
     log.info("block influence of the teacher's layers on %d calibration blocks: %s", len(blocks),
@@ -94,24 +94,24 @@ def student_layer_map(teacher: PreTrainedModel, params: dict[str, Any]) -> tuple
     return layer_map, [round(b, 5) for b in influence]
 
 
-def distill(params: dict[str, Any]) -> dict[str, Any]:
-    cfg = params["distill"]
-    student_shape(params["model"], params["student"])  # a student larger than its teacher fails here, first
+def distill(params: Params) -> dict[str, Any]:
+    cfg = params.distill
+    student_shape(params.model, params.student)  # a student larger than its teacher fails here, first
     source = paths.model_dir("teacher")
-    teacher = load_model(source, "finetune")
+    teacher = load_model(source)
     tokenizer = data.load_tokenizer()
     layer_map, influence = student_layer_map(teacher, params)
-    student = build_student(teacher, params["model"], params["student"], seed=params["seed"], layer_map=layer_map)
+    student = build_student(teacher, params.model, params.student, seed=params.seed, layer_map=layer_map)
     ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
     log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
              student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
 
     examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
-    train_set = data.mixture_train_set(cfg.mixture, examples, params["seed"])
+    train_set = data.mixture_train_set(cfg.mixture, examples, params.seed)
     eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
-    run_id = fingerprint({"seed": params["seed"], "student": params["student"], "distill": cfg},
+    run_id = fingerprint({"seed": params.seed, "student": params.student, "distill": cfg},
                          [source, paths.PROCESSED])
-    metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params["seed"], run_id,
+    metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params.seed, run_id,
                   None, trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd)
     metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
     metrics["student_init"] = {"teacher_layers": layer_map, "block_influence": influence}

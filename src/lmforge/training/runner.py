@@ -41,11 +41,12 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import hardware, paths
-from lmforge.artifacts import atomic_dir, replace_dir, write_json
+from lmforge.artifacts import atomic_dir, replace_dir, write_json, write_text
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
+from lmforge.stage import is_main_process
 from lmforge.training.data import PadCollator
 from lmforge.training.losses import lm_loss
 
@@ -237,7 +238,7 @@ def checkpoint_dir(stage: str, run_id: str, state: PartialState | None = None) -
             log.info("%s: discarding checkpoints of a different run", folder)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(run_id + "\n")
+        write_text(stamp, run_id + "\n")
         for partial in incomplete_checkpoints(folder):
             log.info("%s: discarding a checkpoint that a killed run left incomplete", partial)
             shutil.rmtree(partial)
@@ -281,7 +282,7 @@ def truncate_curves(live_dir: Path, step: int) -> None:
         if not lines:
             continue
         kept = [lines[0]] + [line for line, at in zip(lines[1:], curve_steps(tsv), strict=True) if at <= step]
-        tsv.write_text("\n".join(kept) + "\n")
+        write_text(tsv, "\n".join(kept) + "\n")
 
 
 def open_live(stage: str, resume_from: str | None) -> Live:
@@ -368,7 +369,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, outpu
                metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
     """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
     tokenizer to `output` atomically; for stages that check the trained model before saving it."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         with atomic_dir(output) as folder:
             save(folder) if save is not None else model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
