@@ -4,6 +4,7 @@ effect measured on the weights and the logits, saving and reloading, recovery ke
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from lmforge.cli import describe_ranks
 from lmforge.compression import lowrank, methods, structured, wanda
 from lmforge.compression.calibration import blocks_of, calibrate
 from lmforge.compression.linear import linear_layers
@@ -249,6 +251,8 @@ def test_lowrank_artifact_reloads_with_the_same_logits_and_stays_factored_throug
         AutoModelForCausalLM.from_pretrained(tmp_path)  # not a plain HF folder: fails loudly
     reloaded = lowrank.load_lowrank(tmp_path)
     assert {n: m.rank for n, m in lowrank.factored_layers(reloaded).items()} == ranks
+    described = describe_ranks(json.loads((tmp_path / "lowrank.json").read_text()))  # `lmforge info`'s row
+    assert described.startswith(f"{len(ranks)}, rank {min(ranks.values())}..{max(ranks.values())} (median ")
     assert torch.allclose(logits(model, tokens()), logits(reloaded, tokens()), atol=1e-6)
     params = sum(p.numel() for p in reloaded.parameters())
     assert params < sum(p.numel() for p in FAMILIES[family]().parameters())

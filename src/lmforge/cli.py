@@ -101,6 +101,17 @@ def generate(args: argparse.Namespace) -> None:
     print(args.prompt + model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
+def describe_ranks(manifest: dict[str, Any]) -> str:
+    """The factored layers of a low-rank folder (its lowrank.json) in one line."""
+    layers = manifest["layers"]
+    if not layers:
+        return "none"
+    ranks = sorted(layer["rank"] for layer in layers)
+    full = sum(min(layer["in_features"], layer["out_features"]) for layer in layers)
+    return (f"{len(layers)}, rank {ranks[0]}..{ranks[-1]} (median {ranks[len(ranks) // 2]}; "
+            f"{sum(ranks) / full:.0%} of full rank)")
+
+
 def info(args: argparse.Namespace) -> None:
     from lmforge.artifacts import read_json
     from lmforge.evaluation.metrics import count_parameters
@@ -114,6 +125,8 @@ def info(args: argparse.Namespace) -> None:
                                    ("architecture", model.config.get("model_type", "?"))]
     if (folder / "quantization.json").is_file():  # which quantization, and so which runtime runs it
         rows.append(("method", read_json(folder / "quantization.json").get("method", "?")))
+    if (folder / "lowrank.json").is_file():  # factored layers: how far each weight matrix was cut
+        rows.append(("low-rank layers", describe_ranks(read_json(folder / "lowrank.json"))))
     if card:
         rows += [("stage", card.get("stage"))]
     if hasattr(model.model, "named_modules"):
