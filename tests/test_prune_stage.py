@@ -125,6 +125,17 @@ def test_a_failing_distill_gate_exits_2_and_leaves_the_previous_student(work):
     assert not list((work / "models").glob(".*")) and not (work / "metrics/distill.json").exists()
 
 
+def test_layer_wise_kd_of_a_narrower_student_trains_a_projection_and_saves_a_plain_student(work):
+    ok(run_stage(work, "distill", "distill.alpha_hidden=1.0", "distill.hidden_loss=mse", "student.n_embd=16",
+                 "student.n_head=2", "distill.gate=null"))
+    m = metrics(work, "distill")
+    assert m["hidden_kd"] == {"alpha_hidden": 1.0, "loss": "mse", "projection": True}
+    curve = (work / "dvclive/distill/plots/metrics/hidden_loss.tsv").read_text().splitlines()
+    assert len(curve) > 1 and all(float(line.split("\t")[-1]) > 0 for line in curve[1:])
+    student = AutoModelForCausalLM.from_pretrained(work / "models/student")  # no stray projection weights
+    assert student.config.n_embd == 16 and not hasattr(student, "hidden_projection")
+
+
 def test_an_impossible_combination_is_refused_before_any_work(work):
     result = run_stage(work, "prune", "prune.method=[wanda,lowrank]", "prune.amount=0.5", "prune.ffn=null",
                        "prune.heads=null", "prune.layers=null", "prune.rank_ratio=0.5", "prune.activation_aware=true")

@@ -192,3 +192,60 @@ def test_kd_changes_what_the_student_learns_and_leaves_the_teacher_untouched(tmp
     assert any(differs)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def hidden_distance(student, teacher, layer_map: list[int], ids: torch.Tensor) -> float:
+    """Mean 1 - cos between each student block's output and its teacher block's (before the final norm)."""
+    from lmforge.training.distill import BlockOutputs
+
+    outputs = BlockOutputs(student, list(range(len(layer_map)))), BlockOutputs(teacher, layer_map)
+    for model, blocks in zip((student, teacher), outputs, strict=True):
+        blocks.active = True
+        with torch.no_grad():
+            model(input_ids=ids)
+        blocks.active = False
+    s, t = (blocks.take() for blocks in outputs)
+    return sum(1 - torch.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(s, t, strict=True)) / len(s)
+
+
+def hidden_kd_steps(tmp_path, teacher, student, alpha_hidden: float, hidden_loss: str):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 50, (32, 12), generator=g).tolist()
+    args = TrainingArguments(output_dir=str(tmp_path / f"hidden{alpha_hidden}"), max_steps=6,
+                             per_device_train_batch_size=8, learning_rate=1e-2, report_to="none", save_strategy="no",
+                             use_cpu=True, remove_unused_columns=False, seed=0, logging_steps=3, disable_tqdm=True)
+    trainer = DistillationTrainer(model=student, args=args, data_collator=PadCollator(0),
+                                  train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+                                  teacher=teacher, kd=KDConfig(temperature=2.0, alpha_kd=0.5, alpha_ce=0.5),
+                                  alpha_hidden=alpha_hidden, hidden_loss=hidden_loss)
+    trainer.train()
+    return [entry.get("hidden_loss") for entry in trainer.state.log_history if "kd_loss" in entry]
+
+
+@pytest.mark.parametrize("hidden_loss", ["mse", "cosine"])
+def test_hidden_state_kd_brings_the_students_blocks_closer_to_the_teachers(tmp_path, hidden_loss):
+    teacher = teacher_model(seed=3)
+    ids = torch.randint(1, 50, (8, 12), generator=torch.Generator().manual_seed(5))
+    distance = {}
+    for alpha in (0.0, 5.0):
+        student = build_student(teacher, TEACHER, student_config(), seed=0)  # the same start: teacher blocks 0, 2
+        logged = hidden_kd_steps(tmp_path, teacher, student, alpha, hidden_loss)
+        assert all((value is not None and value > 0) == (alpha > 0) for value in logged), logged
+        distance[alpha] = hidden_distance(student, teacher, teacher_layer_map(4, 2), ids)
+    assert distance[5.0] < distance[0.0]
+
+
+def test_a_narrower_student_is_matched_through_a_projection_that_is_not_saved(tmp_path):
+    from lmforge.training.distill import attach_hidden_projection, detach_hidden_projection
+
+    teacher = teacher_model(seed=3)
+    student = build_student(teacher, TEACHER, student_config(n_head=2, n_embd=16), seed=0)
+    assert attach_hidden_projection(student, teacher)
+    before = [p.detach().clone() for p in student.hidden_projection.parameters()]
+    assert [p.shape for p in before] == [torch.Size([32, 16])] * 2  # student width 16 -> teacher width 32
+    logged = hidden_kd_steps(tmp_path, teacher, student, 1.0, "mse")
+    assert logged and all(value > 0 for value in logged)
+    assert all(not torch.equal(a, b) for a, b in zip(before, student.hidden_projection.parameters(), strict=True))
+    detach_hidden_projection(student)
+    assert not any(key.startswith("hidden_projection") for key in student.state_dict())
+    assert not attach_hidden_projection(build_student(teacher, TEACHER, student_config(), seed=0), teacher)

@@ -176,6 +176,8 @@ class GateConfig:
 @dataclass
 class DistillConfig(FinetuneConfig):
     kd: KDConfig = spec()
+    alpha_hidden: float = spec(ge=0.0)  # weight of the hidden-state term (layer-wise KD); 0: off
+    hidden_loss: str = spec(choices=("mse", "cosine"))  # mse (TinyBERT) | cosine: 1 - cos (DistilBERT)
     gate: GateConfig | None = spec()  # null: no gate
 
 

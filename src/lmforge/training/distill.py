@@ -2,10 +2,14 @@
 
     alpha_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha_ce * CE(student, labels)
 
+      + alpha_hidden * hidden-state loss (layer-wise KD: student block i vs its teacher block)
+
 The KL term covers every real next-token position, so the student learns the teacher's whole
 distribution, not only the positions that carry a label (losses in lmforge.training.losses). Both
 terms are computed a chunk of positions at a time from the teacher's last hidden state, so a real
-vocabulary (SmolLM2: 49,152 tokens) costs one copy of the student's logits, not half a dozen.
+vocabulary (SmolLM2: 49,152 tokens) costs one copy of the student's logits, not half a dozen. The
+hidden-state term matches student block i to the teacher block it was initialised from (the same
+layer map), through a learned projection when the student is narrower.
 """
 
 from __future__ import annotations
@@ -14,36 +18,86 @@ import logging
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from lmforge import paths
-from lmforge.compression.calibration import calibrate, calibration_blocks, most_influential_blocks
+from lmforge.compression.calibration import blocks_of, calibrate, calibration_blocks, most_influential_blocks
 from lmforge.config import KDConfig, Params
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
-from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape
+from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
 from lmforge.modeling.checks import load_model
 from lmforge.training import data
-from lmforge.training.losses import distillation_loss
+from lmforge.training.losses import distillation_loss, hidden_state_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 
 log = logging.getLogger(__name__)
 
 
-class DistillationTrainer(LMTrainer):
-    """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE; logs both terms."""
+class BlockOutputs:
+    """Forward hooks that keep the outputs of chosen transformer blocks (before the final norm) while
+    `active`, for the hidden-state term; evaluation runs the student with them off."""
 
-    def __init__(self, *args: Any, teacher: PreTrainedModel, kd: KDConfig, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, layers: list[int]) -> None:
+        self.active = False
+        self.outputs: list[torch.Tensor] = []
+        stack = blocks_of(model)
+        for i in layers:
+            stack[i].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.active:
+            self.outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    def take(self) -> list[torch.Tensor]:
+        outputs, self.outputs = self.outputs, []
+        return outputs
+
+
+def attach_hidden_projection(student: PreTrainedModel, teacher: PreTrainedModel) -> bool:
+    """A narrower student's block outputs are compared with the teacher's through one learned linear map
+    per layer (TinyBERT). It is a submodule of the student while it trains, so the Trainer optimises and
+    checkpoints it with the student; `detach_hidden_projection` removes it before the student is saved."""
+    width, teacher_width = student.config.hidden_size, teacher.config.hidden_size
+    if width == teacher_width:
+        return False
+    student.hidden_projection = nn.ModuleList(nn.Linear(width, teacher_width, bias=False)
+                                              for _ in blocks_of(student))
+    return True
+
+
+def detach_hidden_projection(student: PreTrainedModel) -> None:
+    if hasattr(student, "hidden_projection"):
+        del student.hidden_projection
+
+
+class DistillationTrainer(LMTrainer):
+    """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE (and, with
+    `alpha_hidden` > 0, the hidden-state term); logs each term."""
+
+    def __init__(self, *args: Any, teacher: PreTrainedModel, kd: KDConfig, alpha_hidden: float = 0.0,
+                 hidden_loss: str = "mse", layer_map: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.kd = kd
         check_logits_from_hidden(self.teacher)
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
+        self.alpha_hidden, self.hidden_loss = alpha_hidden, hidden_loss
+        if alpha_hidden > 0:
+            n_student, n_teacher = len(blocks_of(self.model)), len(blocks_of(self.teacher))
+            self.layer_map = layer_map or teacher_layer_map(n_teacher, n_student)
+            self.student_blocks = BlockOutputs(self.model, list(range(n_student)))
+            self.teacher_blocks = BlockOutputs(self.teacher, self.layer_map)
+            self._sums["hidden_loss"] = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # evaluation reports the student's own CE, comparable with every other model
             return super().compute_loss(model, inputs, return_outputs)
+        hidden = self.alpha_hidden > 0
+        if hidden:
+            self.student_blocks.active = self.teacher_blocks.active = True
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         with torch.no_grad():  # the teacher's last hidden state; its logits are made chunk by chunk
             teacher_hidden = self.teacher.base_model(input_ids=inputs["input_ids"],
@@ -51,6 +105,13 @@ class DistillationTrainer(LMTrainer):
         loss, kd, ce = distillation_loss(outputs.logits, teacher_hidden, self.teacher.get_output_embeddings(),
                                          inputs["labels"], inputs["attention_mask"], self.kd.temperature,
                                          self.kd.alpha_kd, self.kd.alpha_ce)
+        if hidden:
+            self.student_blocks.active = self.teacher_blocks.active = False
+            term = hidden_state_loss(self.student_blocks.take(), self.teacher_blocks.take(),
+                                     inputs["attention_mask"], self.hidden_loss,
+                                     getattr(self.model, "hidden_projection", None))
+            loss = loss + self.alpha_hidden * term
+            self._sums["hidden_loss"] += term.item()
         self._sums["kd_loss"] += kd.item()
         self._sums["ce_loss"] += ce.item()
         self._count += 1
@@ -111,10 +172,14 @@ def distill(params: Params) -> dict[str, Any]:
     eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
     run_id = fingerprint({"seed": params.seed, "student": params.student, "distill": cfg},
                          [source, paths.PROCESSED])
+    projected = cfg.alpha_hidden > 0 and attach_hidden_projection(student, teacher)
     metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params.seed, run_id,
-                  None, trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd)
+                  None, trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd, alpha_hidden=cfg.alpha_hidden,
+                  hidden_loss=cfg.hidden_loss, layer_map=layer_map)
+    detach_hidden_projection(student)  # a training aid, not part of the student
     metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
     metrics["student_init"] = {"teacher_layers": layer_map, "block_influence": influence}
+    metrics["hidden_kd"] = {"alpha_hidden": cfg.alpha_hidden, "loss": cfg.hidden_loss, "projection": projected}
     metrics["gate"] = {"enabled": False}
     if cfg.gate is not None:  # before saving: a failing student leaves models/student as it was
         val = gate.validation_data(cfg.eval_max_examples)

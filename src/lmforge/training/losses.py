@@ -42,6 +42,30 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attentio
     return temperature**2 * per_example_mean(kl, attention_mask[:, 1:])
 
 
+def hidden_state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], attention_mask: torch.Tensor,
+                      kind: str, projection: torch.nn.ModuleList | None = None) -> torch.Tensor:
+    """Layer-wise KD: the distance between each student block's output and its teacher block's, over
+    real positions, averaged per example and then over the matched layers.
+
+    `mse` (TinyBERT) compares the states themselves, `cosine` (DistilBERT) their directions (1 - cos);
+    a narrower student's states go through `projection[i]` (learned, student width -> teacher width).
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"hidden-state KD: {len(student)} student layers, {len(teacher)} teacher layers")
+    losses = []
+    for i, (s, t) in enumerate(zip(student, teacher, strict=True)):
+        s = (projection[i](s) if projection is not None else s).float()
+        t = t.float()
+        if kind == "mse":
+            distance = (s - t).pow(2).mean(-1)
+        elif kind == "cosine":
+            distance = 1 - F.cosine_similarity(s, t, dim=-1)
+        else:
+            raise ValueError(f"hidden-state KD: unknown loss {kind!r} (mse or cosine)")
+        losses.append(per_example_mean(distance, attention_mask))
+    return torch.stack(losses).mean()
+
+
 # Positions x vocabulary entries one chunk of the distillation loss works on (16 MB of fp32 per temporary).
 KD_CHUNK_ELEMENTS = 1 << 22
 
