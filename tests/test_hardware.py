@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +78,11 @@ def test_training_arguments_take_the_resolved_precision(tmp_path):
         training_arguments(cfg, tmp_path, seed=0)
     assert training_arguments(cfg, tmp_path, seed=0, precision="bf16").bf16
     assert not training_arguments(cfg, tmp_path, seed=0, precision="fp32").bf16
+
+
+def test_the_cpu_is_described_by_its_model_and_simd_flags():
+    assert hardware.cpu_model()
+    flags = hardware.cpu_flags()
+    assert flags == sorted(flags) and all(f.startswith(("avx", "amx", "fma")) for f in flags)
+    if Path("/proc/cpuinfo").is_file() and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert "avx2" in flags

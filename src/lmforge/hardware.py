@@ -15,7 +15,9 @@ backward for training) shows bf16 faster. CPUs with native bf16 units (AVX512_BF
 from __future__ import annotations
 
 import logging
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,29 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # bf16 must beat fp32 by this factor: it also costs accuracy and casts, so a tie goes to fp32.
 MIN_SPEEDUP = 1.1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for every table of measurements."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide CPU matmul speed (AVX2 / AVX-512 / VNNI / AMX / bf16): the same model
+    name covers AVX2-only and AVX-512 EPYCs, so every table records these too."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
 
 
 def bf16_supported() -> bool:

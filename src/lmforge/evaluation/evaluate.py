@@ -142,17 +142,9 @@ def load_model(name: str, threads: int | None = None) -> nn.Module:
 
 def environment(threads: int) -> dict[str, Any]:
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "threads": threads, "cpu": cpu_name(),
+            "python": platform.python_version(), "threads": threads, "cpu": hardware.cpu_model(),
+            "cpu_flags": " ".join(hardware.cpu_flags()),
             "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _check_inputs(models: list[str]) -> None:
