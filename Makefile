@@ -22,8 +22,11 @@ pipeline: setup
 	dvc repro
 	@echo "report: $(CURDIR)/reports/summary.md"
 
+# Two pytest workers: the pipeline tests run their stages single-threaded (OMP_NUM_THREADS=1), so a
+# 2-core machine runs two test files at once. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	python -m pytest
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 params: setup
 	python -m lmforge.compose $(ARGS)

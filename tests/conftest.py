@@ -1,9 +1,25 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and how `make test` spreads the modules over its workers."""
 
+import os
 from pathlib import Path
 
 import pytest
 from dvc_repo import make_repo, run
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (before torch is imported): two workers on two cores, not four threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Modules that share the session fixture `tiny_run` run on one worker, so that it is built once.
+TINY_RUN_MODULES = {"test_cli.py", "test_experiments.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group per test module (`--dist loadgroup`): a module's expensive module-scoped fixture
+    (a trained chain, a DVC repository) is built by one worker only."""
+    for item in items:
+        module = item.path.name
+        item.add_marker(pytest.mark.xdist_group("tiny_run" if module in TINY_RUN_MODULES else module))
 
 
 @pytest.fixture(scope="session")
