@@ -73,7 +73,7 @@ def task_model(model_fp32, quantized, out, cfg: QuantizeConfig, data: dict) -> d
         from lmforge.compression import onnx_int8
 
         onnx_int8.export_task(TaskModel(model_fp32, data["label_ids"]), out, per_channel=cfg.per_channel,
-                              max_len=quantize.context_length(model_fp32))
+                              max_len=quantize.context_length(model_fp32), block_size=cfg.block_size)
         task = onnx_int8.OnnxTask(out)
     else:
         task = TaskModel(quantized, data["label_ids"]).eval()

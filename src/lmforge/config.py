@@ -229,6 +229,9 @@ class QuantizeConfig:
     include_lm_head: bool = spec()  # dynamic_int8 (onnx_int8 always quantizes the head, bf16 casts it)
     min_coverage: float = spec(ge=0.0, le=1.0)  # quantized weight parameters / all weight-matrix parameters
     calibration_blocks: int = spec(ge=0)  # onnx_int8: 0 dynamic activations; N static QDQ on N train blocks
+    # onnx_int8: null: one scale per output channel and per-tensor activations (MatMulInteger); N: blocks of
+    # N input channels, each with its own scale, for weights and activations (ORT MatMulNBits)
+    block_size: int | None = spec(ge=16, le=256)
     check_max_blocks: int = spec(ge=1)  # validation LM blocks for the loss check against the input model
     check_max_examples: int = spec(ge=1)  # validation task examples for the accuracy check
     task_model: bool = spec()  # also export the task-only model (last position, label rows of the head)

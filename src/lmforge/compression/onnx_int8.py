@@ -39,6 +39,12 @@ OPSET = 18
 # shared with the head by `share_embedding`).
 QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")
 INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8)
+INT4_TYPES = (TensorProto.INT4, TensorProto.UINT4)  # blockwise embeddings (GatherBlockQuantized)
+SCALE_SUFFIXES = ("_scale", "_scales", "_zero_point", "_zero_points")
+# Blockwise (quantize.block_size): ORT's MatMulNBits takes 8-bit weights; GatherBlockQuantized only 4-bit.
+WEIGHT_BITS, EMBEDDING_BITS = 8, 4
+# MatMulNBits' accuracy_level 4: int8 compute, the activations quantized per block of block_size at run time
+INT8_COMPUTE = 4
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
@@ -230,12 +236,56 @@ class _Blocks:
         return next(self._items, None)
 
 
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite Gemm(A, W, bias) with a constant W (GPT-2's Conv1D layers export so) as MatMul(A, W) + bias,
+    the form MatMulNBits replaces; returns how many were rewritten."""
+    inits = _initializers(model)
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if (weight is None or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):  # store W as (in, out), as MatMul reads it
+            transposed = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), f"{weight.name}_t")
+            model.graph.initializer.append(transposed)
+            weight = transposed
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 and node.input[2] else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight.name], [product], name=f"{node.name}_matmul"))
+        if product != node.output[0]:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_add"))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+def quantize_blockwise(model: onnx.ModelProto, block_size: int) -> onnx.ModelProto:
+    """Every MatMul weight to 8-bit blocks of `block_size` input channels (MatMulNBits, int8 compute on
+    activations quantized per block at run time) and the embedding lookup to 4-bit blocks."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    gemm_to_matmul(model)
+
+    for ops, bits in ((("MatMul",), WEIGHT_BITS), (("Gather",), EMBEDDING_BITS)):
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT8_COMPUTE,
+                                              bits=bits, op_types_to_quantize=ops)
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=INT8_COMPUTE, op_types_to_quantize=ops, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    return model
+
+
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool,
-                  calibration_blocks: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+                  calibration_blocks: Sequence[Sequence[int]] = (), block_size: int | None = None) -> dict[str, Any]:
     """Quantize an exported model to int8 and write it to `out_path`; returns its coverage report.
 
     Without calibration blocks: dynamic quantization (int8 weights, activations quantized per call,
-    MatMulInteger). With them: static QDQ (activation ranges calibrated on those blocks).
+    MatMulInteger). With them: static QDQ (activation ranges calibrated on those blocks). With
+    `block_size`: blockwise (`quantize_blockwise`), the head untied from the embedding.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -244,6 +294,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         node.ClearField("metadata_props")
         node.doc_string = ""
     tied = untie_head(model)
+    if block_size is not None:
+        with _quiet():
+            result = quantize_blockwise(model, block_size)
+        onnx.save(result, str(out_path))
+        return {**coverage(result), "shared_embedding": False, "static": False, "block_size": block_size}
     with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp, _quiet():
         untied = Path(tmp) / "untied.onnx"
         onnx.save(model, str(untied))
@@ -255,10 +310,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
             quantize_static(str(untied), str(quantized), _Blocks(calibration_blocks),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
                             nodes_to_exclude=exclude, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            reduce_range=True,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True})
         else:
             quantize_dynamic(str(untied), str(quantized), op_types_to_quantize=ops, per_channel=per_channel,
-                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8, reduce_range=True,
                              extra_options={"WeightSymmetric": True})
         result = onnx.load(str(quantized))
     shared = bool(tied) and share_embedding(result, tied)
@@ -273,12 +329,13 @@ def coverage(model: onnx.ModelProto) -> dict[str, Any]:
     int8 = total = 0
     dtypes: Counter[str] = Counter()
     for init in model.graph.initializer:
-        if len(init.dims) < 2 or init.data_type not in INT8_TYPES + FLOAT_TYPES:
+        if (len(init.dims) < 2 or init.data_type not in INT8_TYPES + INT4_TYPES + FLOAT_TYPES
+                or init.name.endswith(SCALE_SUFFIXES)):
             continue
         n = int(np.prod(init.dims))
         total += n
         dtypes[TensorProto.DataType.Name(init.data_type).lower()] += n
-        if init.data_type in INT8_TYPES:
+        if init.data_type in INT8_TYPES + INT4_TYPES:
             int8 += n
     return {"coverage": int8 / total if total else 0.0, "int8_params": int8, "linear_params": total,
             "dtype": "int8", "weight_elements_by_dtype": dict(dtypes)}
@@ -353,14 +410,16 @@ class OnnxCausalLM:
         An embedding is what a Gather reads (the tied head's shared int8 matrix included)."""
         model = onnx.load(str(self.path / self._file))
         inits = _initializers(model)
-        gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+        gathered = {node.input[0] for node in model.graph.node if node.op_type in ("Gather", "GatherBlockQuantized")}
         for init in model.graph.initializer:
             name = init.name
-            if (init.data_type not in INT8_TYPES + FLOAT_TYPES or not init.dims
-                    or name.endswith(("_scale", "_zero_point", "inv_freq"))):
+            if (init.data_type not in INT8_TYPES + INT4_TYPES + FLOAT_TYPES or not init.dims
+                    or name.endswith((*SCALE_SUFFIXES, "inv_freq"))):
                 continue
             zero_point = 0
-            if name.endswith("_quantized"):
+            if init.data_type in (TensorProto.UINT8, TensorProto.UINT4) and name.endswith(("_Q8", "_Q4")):
+                zero_point = 1 << (int(name[-1]) - 1)  # symmetric blockwise: stored with an offset of 2^(bits-1)
+            elif name.endswith("_quantized"):
                 zp = inits.get(name.removesuffix("_quantized") + "_zero_point")
                 if zp is not None and int(np.prod(zp.dims)) == 1:  # per tensor; per channel ones are 0
                     zero_point = int(numpy_helper.to_array(zp).ravel()[0])
@@ -375,14 +434,14 @@ TASK_FILE = "task.onnx"
 
 
 def export_task(task_model: Any, out_dir: str | Path, *, per_channel: bool, max_len: int,
-                quantized: bool = True) -> Path:
+                quantized: bool = True, block_size: int | None = None) -> Path:
     """Export a TaskModel to `out_dir`/task.onnx, int8 like the full model unless quantized=False."""
     out = Path(out_dir) / TASK_FILE
     fp32 = out.with_name(f"{TASK_FILE}.fp32.tmp")
     export_onnx(task_model, fp32 if quantized else out, max_len=max_len, output_name="label_logits", wrap_lm=False)
     if quantized:
         try:
-            quantize_onnx(fp32, out, per_channel=per_channel)
+            quantize_onnx(fp32, out, per_channel=per_channel, block_size=block_size)
         finally:
             fp32.unlink(missing_ok=True)
     return out

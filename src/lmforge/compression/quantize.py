@@ -36,6 +36,17 @@ def check_config(cfg: QuantizeConfig) -> None:
     if cfg.calibration_blocks and cfg.method != "onnx_int8":
         raise ConfigError(f"invalid value for 'quantize.calibration_blocks': {cfg.calibration_blocks} "
                           f"(static calibration is for method onnx_int8; {cfg.method} needs 0)")
+    if cfg.block_size is not None:
+        if cfg.method != "onnx_int8":
+            raise ConfigError(f"invalid value for 'quantize.block_size': {cfg.block_size} "
+                              f"(blockwise quantization is for method onnx_int8; {cfg.method} needs null)")
+        if cfg.block_size & (cfg.block_size - 1):
+            raise ConfigError(f"invalid value for 'quantize.block_size': {cfg.block_size} "
+                              "(expected a power of 2 from 16 to 256, as ORT's MatMulNBits requires)")
+        if cfg.calibration_blocks:
+            raise ConfigError(f"invalid value for 'quantize.calibration_blocks': {cfg.calibration_blocks} "
+                              "(blockwise activations are quantized at run time; with quantize.block_size set, "
+                              "expected 0)")
 
 
 def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
@@ -59,7 +70,8 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
         onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
         try:
             report = onnx_int8.quantize_onnx(fp32, out_dir / onnx_int8.MODEL_FILE, per_channel=cfg.per_channel,
-                                             calibration_blocks=calibration_blocks[: cfg.calibration_blocks])
+                                             calibration_blocks=calibration_blocks[: cfg.calibration_blocks],
+                                             block_size=cfg.block_size)
         finally:
             fp32.unlink(missing_ok=True)
         model.config.save_pretrained(out_dir)  # the shape, for the loader and evaluate (read as JSON)
@@ -71,7 +83,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
     else:  # pragma: no cover - the config schema allows only METHODS
         raise ConfigError(f"unknown quantize.method {cfg.method!r}")
     write_json(out_dir / MANIFEST_FILE, {"format_version": 1, "method": cfg.method, "per_channel": cfg.per_channel,
-                                         "coverage": report, "base_model": base})
+                                         "block_size": cfg.block_size, "coverage": report, "base_model": base})
     return report
 
 
