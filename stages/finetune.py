@@ -8,7 +8,7 @@ from lmforge.config import stage_params
 
 
 def main() -> None:
-    params = stage_params("finetune")
+    params = stage_params("finetune", "task")
     from lmforge.training.lm import finetune  # validated first: importing it takes seconds
 
     stage.write_metrics(paths.METRICS / "finetune.json", finetune(params))

@@ -9,7 +9,7 @@ from lmforge.data.preprocess import preprocess
 
 
 def main() -> None:
-    params = stage_params("data", "preprocess")
+    params = stage_params("data", "preprocess", "model")  # model.arch: an encoder's special tokens
     metrics = preprocess(params)
     stage.write_metrics(paths.METRICS / "preprocess.json", metrics)
 

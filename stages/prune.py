@@ -25,6 +25,7 @@ def main() -> None:
     from lmforge.config import RecoveryConfig, TrainConfig
     from lmforge.evaluation import gate
     from lmforge.modeling.checks import load_model
+    from lmforge.modeling.family import is_classifier
     from lmforge.training import data
     from lmforge.training.distill import DistillationTrainer
     from lmforge.training.runner import fingerprint, fit, save_model
@@ -58,8 +59,10 @@ def main() -> None:
             max_grad_norm=1.0, logging_steps=max(1, recovery.max_steps // 10), eval_steps=recovery.max_steps,
             save_steps=max(1, recovery.max_steps // 2), eval_max_examples=VALIDATION_EXAMPLES, precision="fp32",
             attn_implementation="sdpa", optim="adamw_torch", torch_compile=False)
-        train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed)
-        eval_sets = data.eval_sets(VALIDATION_EXAMPLES, with_task=True)
+        head = "classifier" if is_classifier(teacher) else "lm"  # as distill: the teacher's head
+        train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed,
+                                           head=head)
+        eval_sets = data.eval_sets(VALIDATION_EXAMPLES, with_task=True, head=head, with_lm=head == "lm")
         run_id = fingerprint({"seed": seed, "prune": cfg}, [source, teacher_dir, paths.PROCESSED])
         metrics["recovery"] = fit("prune", model, tokenizer, train_set, eval_sets, train_cfg, seed, run_id, None,
                                   trainer_cls=DistillationTrainer, teacher=teacher, kd=recovery.kd)

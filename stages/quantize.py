@@ -26,6 +26,7 @@ from lmforge.errors import DataError
 from lmforge.evaluation import gate, metrics
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import load_model
+from lmforge.modeling.family import is_classifier
 
 log = logging.getLogger("lmforge.quantize")
 BATCH = 16
@@ -47,8 +48,13 @@ def load_validation(cfg: QuantizeConfig) -> dict:
 
 
 def check(model, data: dict) -> dict:
-    loss = math.log(metrics.perplexity(model, data["blocks"], BATCH))
-    accuracy = metrics.task_accuracy(model, data["prompts"], data["labels"], data["label_ids"], BATCH)
+    """Validation loss (next-token on domain blocks; a classifier's: cross-entropy of the labels) and accuracy."""
+    log_probs = metrics.label_log_probs(model, data["prompts"], data["label_ids"], BATCH)
+    accuracy = (log_probs.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
+    if is_classifier(model):
+        loss = -log_probs[torch.arange(len(data["labels"])), data["labels"]].mean().item()
+    else:
+        loss = math.log(metrics.perplexity(model, data["blocks"], BATCH))
     return {"val_loss": round(loss, 4), "val_accuracy": round(accuracy, 4)}
 
 
@@ -125,7 +131,11 @@ def main() -> None:
             teacher = load_model(paths.model_dir("teacher")).eval()
             gate_result = gate.check("quantize", cfg.gate, gate.measure(quantized, val), gate.measure(teacher, val),
                                      str(target))
-        task = task_model(model, quantized, out, cfg, data) if cfg.task_model else {}
+        task = {}
+        if cfg.task_model and is_classifier(model):
+            log.info("quantize.task_model: a classifier (task.head=classifier) is its own task model: nothing to add")
+        elif cfg.task_model:
+            task = task_model(model, quantized, out, cfg, data)
         write_bundle(out, "quantize", source=source, metrics={"method": cfg.method, "coverage": report["coverage"],
                                                               **after})
         weights_bytes = quantize.weights_bytes(out)

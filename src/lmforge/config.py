@@ -94,7 +94,7 @@ class PreprocessConfig:
 class ModelConfig:
     # scratch: a GPT-2 of the shape below. pretrained: the checkpoint's own architecture (its model_type
     # must equal arch), with n_layer .. dropout ignored; see lmforge.modeling.pretrained.
-    arch: str = spec(choices=("gpt2", "llama"))
+    arch: str = spec(choices=("gpt2", "llama", "bert"))  # bert: an encoder (objective mlm, task.head=classifier)
     init: str = spec(choices=("scratch", "pretrained"))
     name_or_path: str | None = spec()  # pretrained: hub name or local save_pretrained folder
     gguf_file: str | None = spec()  # pretrained: a .gguf path, or pkg://<package>/<file>
@@ -148,6 +148,23 @@ class TrainConfig:
     attn_implementation: str = spec(choices=("sdpa", "eager", "flash_attention_2"))
     optim: str = spec(choices=("adamw_torch", "adamw_torch_fused"))
     torch_compile: bool = spec()
+
+
+OBJECTIVES = ("clm", "mlm", "mlm_nsp")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    # clm: next-token (causal models); mlm: masked tokens (encoders: 15%, 80/10/10 replacement);
+    # mlm_nsp: mlm + next-sentence prediction on sentence pairs of the general corpus (BERT)
+    objective: str = spec(choices=OBJECTIVES)
+
+
+@dataclass
+class TaskConfig:
+    # lm: the label word scored by the LM head (causal models); classifier: a sequence classification head
+    # (AutoModelForSequenceClassification), attached by finetune and carried down the chain
+    head: str = spec(choices=("lm", "classifier"))
 
 
 @dataclass
@@ -269,7 +286,8 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "model": ModelConfig,
     "student": StudentConfig,
-    "pretrain": TrainConfig,
+    "pretrain": PretrainConfig,
+    "task": TaskConfig,
     "finetune": FinetuneConfig,
     "distill": DistillConfig,
     "prune": PruneConfig,
@@ -295,7 +313,8 @@ class Params:
     preprocess: PreprocessConfig | None = None
     model: ModelConfig | None = None
     student: StudentConfig | None = None
-    pretrain: TrainConfig | None = None
+    pretrain: PretrainConfig | None = None
+    task: TaskConfig | None = None
     finetune: FinetuneConfig | None = None
     distill: DistillConfig | None = None
     prune: PruneConfig | None = None
@@ -451,9 +470,9 @@ def check_launcher(value: Any, source: str | Path = PARAMS_FILE) -> str:
 def check_model_source(model: ModelConfig, source: str | Path = PARAMS_FILE) -> None:
     """Where the teacher comes from: a combination of model.init, name_or_path and gguf_file."""
     if model.init == "scratch":
-        if model.arch != "gpt2":
+        if model.arch not in ("gpt2", "bert"):
             raise ConfigError(f"{source}: model.arch={model.arch!r} is only supported with model.init=pretrained "
-                              "(from scratch lmforge builds a GPT-2)")
+                              "(from scratch lmforge builds a GPT-2 or a BERT)")
         for key in ("name_or_path", "gguf_file"):
             if getattr(model, key) is not None:
                 raise ConfigError(f"{source}: model.{key}={getattr(model, key)!r} is set but model.init=scratch "
@@ -462,6 +481,21 @@ def check_model_source(model: ModelConfig, source: str | Path = PARAMS_FILE) -> 
         raise ConfigError(f"{source}: model.init=pretrained needs exactly one of model.name_or_path "
                           f"(hub name or local folder) and model.gguf_file; got name_or_path={model.name_or_path!r}, "
                           f"gguf_file={model.gguf_file!r}")
+
+
+def check_objective(model: ModelConfig, pretrain: PretrainConfig, task: TaskConfig,
+                    source: str | Path = PARAMS_FILE) -> None:
+    """The objective and the task head must suit the family: masked LM for encoders, next-token for the others."""
+    encoder = model.arch == "bert"
+    if encoder and pretrain.objective == "clm":
+        raise ConfigError(f"{source}: invalid value for 'pretrain.objective': 'clm' (model.arch=bert is a "
+                          "bidirectional encoder: expected mlm or mlm_nsp)")
+    if not encoder and pretrain.objective != "clm":
+        raise ConfigError(f"{source}: invalid value for 'pretrain.objective': {pretrain.objective!r} "
+                          f"(model.arch={model.arch} is a causal LM: expected clm; mlm and mlm_nsp are for bert)")
+    if encoder and task.head == "lm":
+        raise ConfigError(f"{source}: invalid value for 'task.head': 'lm' (an encoder has no next-token head to "
+                          "score a label word with: expected classifier for model.arch=bert)")
 
 
 def student_shape(teacher: ModelConfig, student: StudentConfig,
@@ -502,6 +536,7 @@ def check_across_sections(params: Params, source: str | Path = PARAMS_FILE) -> N
         raise ConfigError(f"{source}: invalid value for 'model.n_head': {model.n_head} (expected a divisor of "
                           f"model.n_embd={model.n_embd})")
     check_model_source(model, source)
+    check_objective(model, params.pretrain, params.task, source)
     student_shape(model, params.student, source)
     if preprocess.block_size > model.n_positions:
         raise ConfigError(f"{source}: invalid value for 'preprocess.block_size': {preprocess.block_size} "

@@ -25,7 +25,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from datasets.table import MemoryMappedTable
 from datasets.utils.tqdm import tqdm
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lmforge import paths
@@ -36,10 +36,12 @@ from lmforge.data.arrow_files import BlockWriter, TextFile
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
 from lmforge.data.cleaning import DocumentFilter, digest, normalized_key, overlap_key
 from lmforge.errors import ConfigError, DataError
+from lmforge.modeling.family import is_encoder
 
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SPLITS = ("train", "validation", "test")
 LM_CORPORA = {"general": paths.LM_GENERAL, "domain": paths.LM_DOMAIN}
 CHARS_PER_TOKENIZER_CALL = 1 << 18  # enough text to amortise a batch call; its token lists take ~25x its size
@@ -98,7 +100,8 @@ def preprocess(params: Params) -> dict[str, Any]:
         save_text_digests(splits, out / paths.TEXT_DIGESTS.name)
 
         if tokenizer is None:
-            tokenizer = train_tokenizer(tokenizer_corpus(splits, labels, cfg), cfg.vocab_size)
+            tokenizer = train_tokenizer(tokenizer_corpus(splits, labels, cfg), cfg.vocab_size,
+                                        encoder=params.model is not None and is_encoder(params.model.arch))
         label_token_ids = check_label_words(tokenizer, cfg)
         tokenizer.save_pretrained(out / paths.TOKENIZER.name)
         metrics["vocab_size"] = len(tokenizer)
@@ -294,26 +297,35 @@ def load_base_tokenizer() -> PreTrainedTokenizerBase:
                         f"{BASE_TOKENIZER / 'tokenizer_config.json'}); run the base stage first, or use "
                         f"preprocess.tokenizer=train")
     tokenizer = AutoTokenizer.from_pretrained(BASE_TOKENIZER)
-    if tokenizer.eos_token_id is None:
-        raise DataError(f"the tokenizer in {BASE_TOKENIZER} has no eos token: documents cannot be "
-                        f"separated in packed blocks")
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is None:
+        raise DataError(f"the tokenizer in {BASE_TOKENIZER} has no eos token (nor an encoder's [SEP]): documents "
+                        f"cannot be separated in packed blocks")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("using the tokenizer of %s (%d tokens)", BASE_TOKENIZER, len(tokenizer))
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2 style: any text encodes, nothing is unknown)."""
-    log.info("training a byte-level BPE tokenizer (vocab_size=%d)", vocab_size)
+def train_tokenizer(texts: Iterable[str], vocab_size: int, encoder: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style: any text encodes, nothing is unknown). For an encoder (BERT) it has
+    BERT's special tokens and wraps every text as [CLS] text [SEP], as a pretrained BERT tokenizer does."""
+    log.info("training a byte-level BPE tokenizer (vocab_size=%d%s)", vocab_size, ", BERT special tokens" * encoder)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+    special = BERT_SPECIAL if encoder else [EOS]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS,
-                                   unk_token=EOS, pad_token=EOS)
+    if not encoder:
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS,
+                                       unk_token=EOS, pad_token=EOS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    pad, unk, cls, sep, mask = BERT_SPECIAL
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, unk_token=unk, cls_token=cls,
+                                   sep_token=sep, mask_token=mask)
 
 
 def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig) -> list[int]:
@@ -321,7 +333,7 @@ def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig)
     the model's log-likelihood of one token per label)."""
     ids = []
     for word in cfg.label_words:
-        tokens = tokenizer.encode(word)
+        tokens = tokenizer.encode(word, add_special_tokens=False)  # an encoder's would add [CLS] and [SEP]
         if len(tokens) != 1:
             pieces = [tokenizer.decode([t]) for t in tokens]
             vocab = (f"the tokenizer of {BASE_TOKENIZER}" if cfg.tokenizer == "base"
@@ -329,11 +341,12 @@ def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig)
             raise DataError(f"label word {word!r} is not a single token: it became {len(tokens)} tokens "
                             f"{pieces} with {vocab}; use a larger "
                             f"preprocess.vocab_size or a different word in preprocess.label_words")
-        if tokenizer.encode(cfg.prompt + word) != tokenizer.encode(cfg.prompt) + tokens:
+        if (tokenizer.encode(cfg.prompt + word, add_special_tokens=False)
+                != tokenizer.encode(cfg.prompt, add_special_tokens=False) + tokens):
             raise DataError(f"label word {word!r} merges with the end of the prompt {cfg.prompt!r}; "
                             f"start the label words with a space")
         ids.append(tokens[0])
-    prompt_len = len(tokenizer.encode(cfg.prompt))
+    prompt_len = len(tokenizer.encode(cfg.prompt))  # with an encoder's [CLS] and [SEP]
     if prompt_len + 2 > cfg.block_size:
         raise DataError(f"the prompt {cfg.prompt!r} is {prompt_len} tokens: no room for a review and a "
                         f"label word in block_size={cfg.block_size}")
@@ -343,8 +356,8 @@ def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig)
 
 def pack(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str, split: str,
          path: Path) -> tuple[Dataset, dict[str, int]]:
-    """Tokenize, end each document with eos, concatenate, cut into blocks of exactly block_size (a last,
-    partial block is dropped). Streams: the tokenizer's batch encode takes ~256 kB of text at a time
+    """Tokenize, end each document with eos (an encoder's tokenizer makes it [CLS] text [SEP] itself),
+    concatenate, cut into blocks of exactly block_size (a last, partial block is dropped). Streams: the tokenizer's batch encode takes ~256 kB of text at a time
     (its own threads parallelise it), and the blocks go straight from numpy to the Arrow file `path`,
     which the returned Dataset memory-maps."""
     eos = tokenizer.eos_token_id
@@ -355,8 +368,9 @@ def pack(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_size: in
     with BlockWriter(path, block_size) as writer, progress:
         for batch in _text_batches(docs, CHARS_PER_TOKENIZER_CALL):
             ids = tokenizer(batch, return_attention_mask=False)["input_ids"]
-            count = sum(len(x) for x in ids) + len(ids)
-            flat = np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=np.int64, count=count)
+            end = [eos] if eos is not None else []
+            count = sum(len(x) for x in ids) + len(ids) * len(end)
+            flat = np.fromiter(itertools.chain.from_iterable(x + end for x in ids), dtype=np.int64, count=count)
             tokens = np.concatenate([rest, flat])
             full = len(tokens) // block_size * block_size
             writer.write(tokens[:full].reshape(-1, block_size))
@@ -394,7 +408,10 @@ def encode_prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, prompt:
     for the label word."""
     room = block_size - 1
     ids = tokenizer([text + prompt for text in texts])["input_ids"]
-    return [x[-room:] for x in ids], [len(x) > room for x in ids]
+    cls = tokenizer.cls_token_id  # an encoder's classifier reads [CLS]: it stays first
+    kept = [x[:1] + x[len(x) - room + 1:] if cls is not None and x[0] == cls and len(x) > room else x[-room:]
+            for x in ids]
+    return kept, [len(x) > room for x in ids]
 
 
 def _procs(num_proc: int, docs: list) -> int | None:

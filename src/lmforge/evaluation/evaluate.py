@@ -23,10 +23,13 @@ from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.evaluation.external import load_external_sets
 from lmforge.modelio import load_weights
+from lmforge.modeling.family import is_encoder, kind_of
+from lmforge.training.objectives import nsp_pairs
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "teacher"  # retention, speedup and compression are relative to this model
+PPL_KIND = {"causal": "next-token", "masked": "masked-token", "pretraining": "masked-token", "classifier": None}
 PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
 
@@ -88,10 +91,32 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
     _check_seq_len(name, model_config, [general, domain, prompts, *(s.prompts for s in external)],
                    cfg.latency_seq_len)
     vocab_size = model_config["vocab_size"]
+    kind = kind_of(model_config)
     row: dict[str, Any] = dict(metrics.count_parameters(model))
     row["bytes_on_disk"] = weights_bytes(paths.model_dir(name))
-    row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
-    row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
+    row["ppl_kind"] = PPL_KIND[kind]
+    if kind == "causal":
+        row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
+        row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
+    elif kind in ("masked", "pretraining"):  # an encoder's LM: the same masked positions for every model
+        tokenizer = _tokenizer()
+        masked = {"mask_token_id": tokenizer.mask_token_id, "special_ids": tokenizer.all_special_ids, "seed": seed}
+        row["ppl_general"] = metrics.masked_perplexity(model, general, EVAL_BATCH_SIZE, **masked)
+        row["ppl_domain"] = metrics.masked_perplexity(model, domain, EVAL_BATCH_SIZE, **masked)
+    else:  # a classifier has no LM head
+        row["ppl_general"] = row["ppl_domain"] = None
+    if kind == "pretraining":
+        tokenizer = _tokenizer()
+        pairs = nsp_pairs(datasets.Dataset.from_dict({"input_ids": general}), tokenizer.cls_token_id,
+                          tokenizer.sep_token_id, seed)
+        row["nsp_accuracy"] = metrics.nsp_accuracy(model, pairs, EVAL_BATCH_SIZE)
+    if kind in ("masked", "pretraining"):  # no task head: task.head=classifier is added by finetune
+        row["accuracy"] = None
+        row["latency_p50_ms"] = row["latency_p90_ms"] = row["tokens_per_s"] = None
+        log.info("evaluate %s: masked-token ppl general %.2f, domain %.2f%s (an encoder without a task head: "
+                 "no accuracy, no latency)", name, row["ppl_general"], row["ppl_domain"],
+                 f", next-sentence accuracy {row['nsp_accuracy']:.3f}" if "nsp_accuracy" in row else "")
+        return row
     row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
     if external:
         row["external_accuracy"] = {s.name: metrics.task_accuracy(model, s.prompts, s.labels, label_token_ids,
@@ -102,10 +127,14 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
     row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
                                              cfg.throughput_runs, vocab_size, threads=cfg.threads,
                                              seed=seed)
-    log.info("evaluate %s: ppl general %.2f, ppl domain %.2f, accuracy %.3f, p50 %.2f ms, "
-             "%.0f tokens/s", name, row["ppl_general"], row["ppl_domain"],
+    log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, "
+             "%.0f tokens/s", name, _fmt(row["ppl_general"]), _fmt(row["ppl_domain"]),
              row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
     return row
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _width(model_config: dict) -> int:
@@ -126,6 +155,11 @@ def models_to_measure(models: list[str], model_cfg: ModelConfig | None) -> list[
     if "base" in models and not pretrained:
         raise ConfigError("invalid value in 'evaluate.models': 'base' (models/base holds weights only with "
                           "model.init=pretrained; model.init is scratch)")
+    if pretrained and is_encoder(model_cfg.arch):  # a bare encoder: no head to measure anything with
+        if "base" in models:
+            raise ConfigError("invalid value in 'evaluate.models': 'base' (a pretrained encoder is stored without "
+                              "an MLM or task head: there is nothing to measure it with; pretrain adds the heads)")
+        return models
     return models if "base" in models or not pretrained else ["base", *models]
 
 

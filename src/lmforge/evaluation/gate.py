@@ -18,6 +18,7 @@ from torch import nn
 from lmforge.config import GateConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import metrics
+from lmforge.modeling.family import is_classifier
 
 BATCH_SIZE = 16
 
@@ -58,6 +59,8 @@ def measure(model: nn.Module, val: ValidationData) -> dict[str, float]:
     if isinstance(model, nn.Module):  # an ONNX Runtime session has no device to move
         model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
     accuracy = metrics.task_accuracy(model, val.prompts, val.labels, val.label_token_ids, BATCH_SIZE)
+    if is_classifier(model):  # label logits only: no perplexity to keep
+        return {"accuracy": round(accuracy, 4), "ppl_general": None, "ppl_domain": None}
     return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}
 
 
@@ -73,6 +76,8 @@ def check(stage: str, cfg: GateConfig, measured: dict[str, float], teacher: dict
                             f"{cfg.max_accuracy_drop})")
     if cfg.max_ppl_ratio is not None:
         for key in ("ppl_general", "ppl_domain"):
+            if teacher[key] is None:  # a classifier (task.head=classifier) has no perplexity
+                continue
             ratio = measured[key] / teacher[key]
             if not ratio <= cfg.max_ppl_ratio:  # NaN (a diverged model) fails too
                 failures.append(f"validation {key} {measured[key]:.3f} is {ratio:.3f}x the teacher's "

@@ -1,9 +1,10 @@
-"""Measurements of one causal LM: perplexity, task accuracy, parameter counts, CPU latency, throughput.
+"""Measurements of one model of the chain: perplexity (next-token, or masked-token for an encoder), task
+accuracy, parameter counts, CPU latency, throughput.
 
 Pure functions of a model and token ids. A model is anything whose
 `forward(input_ids=..., attention_mask=...)` returns an object with `.logits` of shape
 (batch, seq, vocab), like `GPT2LMHeadModel` or any model of `load_quantized` (torch int8, bf16, or an
-ONNX Runtime session). Runs under `torch.inference_mode()` with the model in eval mode, in the model's own
+ONNX Runtime session), or (batch, labels) for a classifier (task.head=classifier). Runs under `torch.inference_mode()` with the model in eval mode, in the model's own
 dtype (the caller may add autocast); logits are compared in fp32.
 """
 
@@ -21,15 +22,17 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-# GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary)
-EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens")
+# GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary);
+# BERT's token, position and token-type embeddings
+EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens", "word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
-def _pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input_ids and attention_mask. The pad value is never seen by a real position:
-    it comes after every real token and attention is causal."""
+    it comes after every real token and attention is causal (or masked, in an encoder). A GPT-2 or Llama
+    classifier finds its last real token by the pad id, so it gets its own (`pad_id_of`)."""
     width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
@@ -38,7 +41,10 @@ def _pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, attention_mask=mask).logits.float()
+    out = model(input_ids=ids, attention_mask=mask)
+    # BertForPreTraining names its token logits prediction_logits (next to seq_relationship_logits)
+    logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
+    return logits.float()
 
 
 @torch.inference_mode()
@@ -60,11 +66,59 @@ def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batc
     return math.exp(nll_sum / n_tokens)
 
 
+def pad_id_of(model: nn.Module) -> int:
+    return getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+
+
+@torch.inference_mode()
+def masked_perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batch_size: int,
+                      mask_token_id: int, special_ids: Sequence[int], seed: int = 0,
+                      probability: float = 0.15) -> float:
+    """Masked-token perplexity of an encoder: exp of the mean NLL of the original tokens at `probability` of
+    each block's non-special positions, all replaced by [MASK]. The positions depend on `seed` and the
+    blocks only, so every model is scored on the same ones (unlike training's random 80/10/10 masking)."""
+    if isinstance(blocks, Dataset):
+        blocks = list(blocks["input_ids"])
+    if not blocks:
+        raise ValueError("masked perplexity needs at least one block")
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    special = torch.tensor(list(special_ids), dtype=torch.long)
+    nll_sum, n_tokens = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        ids, mask = _pad_right(blocks[start : start + batch_size])
+        chosen = (torch.rand(ids.shape, generator=generator) < probability) & (mask == 1) & ~torch.isin(ids, special)
+        if not chosen.any():
+            continue
+        logits = _logits(model, ids.masked_fill(chosen, mask_token_id), mask)
+        nll_sum += F.cross_entropy(logits[chosen], ids[chosen], reduction="sum").item()
+        n_tokens += int(chosen.sum())
+    if n_tokens == 0:
+        raise ValueError("masked perplexity: no maskable token in the blocks")
+    return math.exp(nll_sum / n_tokens)
+
+
+@torch.inference_mode()
+def nsp_accuracy(model: nn.Module, pairs: Dataset, batch_size: int) -> float:
+    """Share of sentence pairs (lmforge.training.objectives.nsp_pairs) whose next-sentence label the model
+    (BertForPreTraining) predicts."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(pairs), batch_size):
+        rows = pairs[start : start + batch_size]
+        ids = torch.tensor(rows["input_ids"])
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor(rows["token_type_ids"]))
+        predicted = out.seq_relationship_logits.argmax(-1)
+        correct += int((predicted == torch.tensor(rows["next_sentence_label"])).sum())
+    return correct / len(pairs)
+
+
 @torch.inference_mode()
 def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label_token_ids: Sequence[int],
                     batch_size: int, progress: Callable[[int], object] | None = None) -> torch.Tensor:
-    """(n_prompts, n_labels) next-token log-probabilities (over the whole vocabulary) of each label
-    token after each prompt, in the order of `prompt_ids`. `progress(n)` is called after each batch."""
+    """(n_prompts, n_labels) log-probabilities of each label for each prompt, in the order of `prompt_ids`:
+    an LM's next-token log-probability (over the whole vocabulary) of each label token after the prompt, or
+    a classifier's (logits of shape (batch, labels)) over its labels. `progress(n)` is called after each batch."""
     if not prompt_ids:
         raise ValueError("need at least one prompt")
     model.eval()
@@ -74,10 +128,13 @@ def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = _pad_right([prompt_ids[i] for i in idx])
-        last = mask.sum(dim=1) - 1  # the last real position of each right-padded prompt
-        logits = _logits(model, ids, mask)[torch.arange(len(idx)), last]
-        out[idx] = logits.log_softmax(dim=-1)[:, candidates]
+        ids, mask = _pad_right([prompt_ids[i] for i in idx], pad_id_of(model))
+        logits = _logits(model, ids, mask)
+        if logits.dim() == 2:  # a classifier: one row of label logits per prompt
+            out[idx] = logits.log_softmax(dim=-1)
+        else:
+            last = mask.sum(dim=1) - 1  # the last real position of each right-padded prompt
+            out[idx] = logits[torch.arange(len(idx)), last].log_softmax(dim=-1)[:, candidates]
         if progress is not None:
             progress(len(idx))
     return out
@@ -85,7 +142,8 @@ def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label
 
 def task_accuracy(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
                   label_token_ids: Sequence[int], batch_size: int) -> float:
-    """Fraction of prompts whose most likely next token, among the label tokens only, is the right one."""
+    """Fraction of prompts whose most likely label is the right one: among the label tokens only, for an
+    LM; the classifier's own prediction, for a classifier."""
     if len(prompt_ids) != len(labels) or not labels:
         raise ValueError(f"need as many prompts as labels, and at least one: "
                          f"{len(prompt_ids)} prompts, {len(labels)} labels")

@@ -34,9 +34,15 @@ REFERENCE = "teacher"  # the gate is relative to it
 DEFAULT_GATE = {"max_accuracy_drop": 0.02, "max_ppl_ratio": None}  # results of an evaluate without evaluate.gate
 
 
+def with_task(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The models that answer the task (an encoder's masked LM has no task head: accuracy None)."""
+    return {name: row for name, row in models.items() if row["accuracy"] is not None}
+
+
 def pareto_front(models: dict[str, dict[str, Any]], cost: str) -> list[str]:
     """Models that no other model dominates: none is at least as accurate and at most as costly, and
     better in one of the two."""
+    models = with_task(models)
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return (a["accuracy"] >= b["accuracy"] and a[cost] <= b[cost]
                 and (a["accuracy"] > b["accuracy"] or a[cost] < b[cost]))
@@ -54,6 +60,8 @@ def gate_failures(row: dict[str, Any], ref: dict[str, Any], gate: dict[str, Any]
             failures.append(f"accuracy {row['accuracy']:.3f} < {floor:.3f}")
     if gate.get("max_ppl_ratio") is not None:
         for key in ("ppl_general", "ppl_domain"):
+            if ref[key] is None or row[key] is None:  # a classifier: no LM head, no perplexity
+                continue
             if row[key] > gate["max_ppl_ratio"] * ref[key] + 1e-9:
                 failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
     return failures
@@ -65,6 +73,7 @@ def recommend(models: dict[str, dict[str, Any]], gate: dict[str, Any]) -> dict[s
     out: dict[str, Any] = {"model": None, "gate": gate, "rule": (
         f"fastest p50 latency among the models within the gate (relative to the {REFERENCE}); latencies within "
         f"{NOISE:.0%} of the fastest count as equal, and the smallest on disk of those is named")}
+    models = with_task(models)
     ref = models.get(REFERENCE)
     if ref is None:
         out["reason"] = f"no {REFERENCE} among the evaluated models: nothing to gate against"
@@ -111,7 +120,7 @@ def pareto_records(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"model": name, "bytes": row["bytes_on_disk"], "mb": round(row["bytes_on_disk"] / MB, 4),
              "accuracy": row["accuracy"], "latency_p50_ms": row["latency_p50_ms"],
              "ppl_domain": row["ppl_domain"]}
-            for name, row in results["models"].items()]
+            for name, row in with_task(results["models"]).items()]
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -124,12 +133,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines = ["# Evaluation summary", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, r in models.items():
+        ppl = "{:.2f} (masked)" if r.get("ppl_kind") == "masked-token" else "{:.2f}"
         cells = [name, f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
-                 f"{r['bytes_on_disk'] / MB:.3f}", f"{r['ppl_general']:.2f}", f"{r['ppl_domain']:.2f}",
-                 f"{r['accuracy']:.3f}", _fmt(r["accuracy_retention"], "{:.2f}"),
-                 f"{r['latency_p50_ms']:.2f}", _fmt(r["speedup_p50"], "{:.2f}x"), f"{r['tokens_per_s']:,.0f}",
+                 f"{r['bytes_on_disk'] / MB:.3f}", _fmt(r["ppl_general"], ppl), _fmt(r["ppl_domain"], ppl),
+                 _fmt(r["accuracy"], "{:.3f}"), _fmt(r["accuracy_retention"], "{:.2f}"),
+                 _fmt(r["latency_p50_ms"], "{:.2f}"), _fmt(r["speedup_p50"], "{:.2f}x"),
+                 _fmt(r["tokens_per_s"], "{:,.0f}"),
                  " + ".join(axis for axis in ("size", "latency") if name in fronts[axis]) or "-"]
-        cells += [f"{r['external_accuracy'][name]:.3f}" for name in external]
+        cells += [_fmt(r.get("external_accuracy", {}).get(name), "{:.3f}") for name in external]
         label = f"**{name}** (recommended)" if name == rec["model"] else name
         lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
@@ -143,7 +154,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
               f"accuracy on {data['task_examples']} test examples; latency is one forward pass over "
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}. "
               "Pareto: on the frontier of accuracy against size on disk and/or p50 latency (no other model is at "
-              "least as accurate and at most as large, or as slow).",
+              "least as accurate and at most as large, or as slow)."
+              + (" Perplexity marked (masked) is an encoder's masked-token perplexity: the same 15% of each "
+                 "block's tokens replaced by [MASK] for every model; not comparable with next-token perplexity; "
+                 "a classifier (task.head=classifier) has none." if any(r.get("ppl_kind") == "masked-token"
+                                                                      for r in models.values()) else "")
+              + "".join(f" {n}: next-sentence accuracy {r['nsp_accuracy']:.3f} on test sentence pairs."
+                        for n, r in models.items() if "nsp_accuracy" in r),
               ""]
     if external:
         lines += ["External test sets (not splits of the training corpora; texts that occur in any training "
@@ -191,7 +208,7 @@ def recommendation_text(results: dict[str, Any]) -> str:
 
 def reading(results: dict[str, Any]) -> str:
     """A plain-language paragraph generated from the numbers, saying what they do and do not show."""
-    models, baselines = results["models"], results["baselines"]
+    models, baselines = with_task(results["models"]), results["baselines"]
     out: list[str] = []
     best = max(models, key=lambda n: models[n]["accuracy"])
     out.append(f"The most accurate model is {best} ({models[best]['accuracy']:.3f}).")
@@ -263,7 +280,7 @@ def _pruning(student: dict[str, Any], pruned: dict[str, Any]) -> str:
 def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
     """Two panels, accuracy against MB on disk and against p50 latency, one labelled point per model; the
     Pareto frontier as a line (its points outlined) and the recommended model as a star."""
-    models, baselines = results["models"], results["baselines"]
+    models, baselines = with_task(results["models"]), results["baselines"]
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, axis, xlabel in ((axes[0], "bytes_on_disk", "size", "size on disk (MB)"),

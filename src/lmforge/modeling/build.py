@@ -14,7 +14,17 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel, set_seed
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    set_seed,
+)
+
+from lmforge.modeling.family import auto_class
 
 from lmforge.config import ModelConfig, StudentConfig, student_shape
 from lmforge.errors import ConfigError
@@ -22,21 +32,31 @@ from lmforge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int, *, seed: int) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 of the configured shape; the vocabulary comes from the tokenizer.
-    The initial weights are a function of `seed`, so a rerun (or a resumed run) starts from the same model."""
-    if cfg.arch != "gpt2":
+def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int | None, *, seed: int,
+                pad_token_id: int | None = None, objective: str = "clm") -> PreTrainedModel:
+    """A freshly initialised model of the configured shape, its vocabulary the tokenizer's: a GPT-2 (objective
+    clm), or a BERT with an MLM head (mlm) or MLM and next-sentence heads (mlm_nsp). The initial weights are a
+    function of `seed`, so a rerun (or a resumed run) starts from the same model. GPT-2 pads with eos."""
+    if cfg.arch not in ("gpt2", "bert"):
         raise ConfigError(f"params.yaml: model.arch={cfg.arch!r} is only supported with model.init=pretrained "
-                          "(from scratch lmforge builds a GPT-2)")
+                          "(from scratch lmforge builds a GPT-2 or a BERT)")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"params.yaml: model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+    set_seed(seed)
+    if cfg.arch == "bert":
+        config = BertConfig(
+            vocab_size=vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, intermediate_size=4 * cfg.n_embd, max_position_embeddings=cfg.n_positions,
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+            pad_token_id=pad_token_id, tie_word_embeddings=True,
+        )
+        return BertForPreTraining(config) if objective == "mlm_nsp" else BertForMaskedLM(config)
     config = GPT2Config(
         vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
         tie_word_embeddings=True, loss_type="ForCausalLM",
     )
-    set_seed(seed)
     return GPT2LMHeadModel(config)
 
 
@@ -60,7 +80,7 @@ def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: Stude
         return build_layer_student(teacher, teacher_cfg, cfg, layer_map)
     config = teacher.config.to_dict()
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    student = GPT2LMHeadModel(GPT2Config.from_dict(config))
+    student = type(teacher)(GPT2Config.from_dict(config))  # GPT2LMHeadModel, or GPT2ForSequenceClassification
     if cfg.init_from_teacher and n_embd == teacher.config.n_embd:
         with torch.no_grad():
             student.transformer.wte.load_state_dict(teacher.transformer.wte.state_dict())
@@ -68,6 +88,8 @@ def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: Stude
             student.transformer.ln_f.load_state_dict(teacher.transformer.ln_f.state_dict())
             for s, t in enumerate(layer_map):
                 student.transformer.h[s].load_state_dict(teacher.transformer.h[t].state_dict())
+            if hasattr(teacher, "score"):  # a classifier head reads the same width: it starts as the teacher's
+                student.score.load_state_dict(teacher.score.state_dict())
         log.info("student initialised from teacher blocks %s (embeddings and final norm copied)", layer_map)
     elif cfg.init_from_teacher:
         log.info("student width %d differs from the teacher's %d: random initialisation", n_embd,
@@ -78,27 +100,35 @@ def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: Stude
 def decoder_layers(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
     """(qualified name, module) of the stack of decoder layers: "model.layers" in the Llama family."""
     base = model.base_model
-    for attr in ("layers", "h"):
-        layers = getattr(base, attr, None)
+    for attr in ("layers", "h", "encoder.layer"):  # Llama family, GPT-2, BERT
+        layers = base.get_submodule(attr) if _has_submodule(base, attr) else None
         if isinstance(layers, nn.ModuleList):
             prefix = model.base_model_prefix
             return (f"{prefix}.{attr}" if getattr(model, prefix, None) is base else attr), layers
     raise ConfigError(f"cannot find the decoder layers of a {model.config.model_type!r} model")
 
 
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: StudentConfig,
                         layer_map: list[int]) -> PreTrainedModel:
-    """A student of the teacher's family and width with fewer layers (Llama and relatives).
+    """A student of the teacher's family, class and width with fewer layers (Llama and relatives, BERT).
 
     With init_from_teacher, every tensor outside the layer stack (token embeddings, final norm, LM
-    head if untied) is copied and student layer s is teacher layer layer_map[s].
+    head if untied, a classifier head) is copied and student layer s is teacher layer layer_map[s].
     """
     n_layer, _, _ = student_shape(teacher_cfg, cfg)  # also: the student keeps the teacher's width
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = n_layer
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
         config.layer_types = [config.layer_types[t] for t in layer_map]
-    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    student = auto_class(config).from_config(config, dtype=torch.float32)
     if cfg.init_from_teacher:
         name, _ = decoder_layers(teacher)
         source = teacher.state_dict()
@@ -118,5 +148,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
 def non_embedding_parameters(model: PreTrainedModel) -> int:
     """Parameters outside the token and position embeddings (the tied LM head shares wte)."""
     wpe = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2's positions; rotary models have none
-    embeddings = {id(p) for m in (model.get_input_embeddings(), wpe) if m for p in m.parameters()}
+    bert = getattr(model.base_model, "embeddings", None)  # BERT's positions and token types
+    extra = [bert.position_embeddings, bert.token_type_embeddings] if bert is not None else []
+    embeddings = {id(p) for m in (model.get_input_embeddings(), wpe, *extra) if m for p in m.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)

@@ -59,13 +59,18 @@ def check_safetensors(folder: Path) -> list[Path]:
     return files
 
 
-def load_model(folder: str | Path, **kwargs):
-    """A `save_pretrained` folder of the chain as an fp32 causal LM, from safetensors only, checked finite."""
-    from transformers import AutoModelForCausalLM
+def load_model(folder: str | Path, model_class: type | None = None, **kwargs):
+    """A `save_pretrained` folder of the chain as an fp32 model of its own kind (causal LM, masked LM,
+    classifier: lmforge.modeling.family) or as `model_class` (a bare encoder with the heads of an objective),
+    from safetensors only, checked finite."""
+    from transformers import AutoConfig
+
+    from lmforge.modeling.family import auto_class
 
     folder = require(folder)
     files = check_safetensors(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32, **kwargs)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    model = (model_class or auto_class(config)).from_pretrained(folder, use_safetensors=True, dtype=torch.float32, **kwargs)
     where = str(files[0]) if len(files) == 1 else str(folder)
     check_finite(model, f"{where} ({rerun_hint(folder)})")
     return model

@@ -33,7 +33,7 @@ def kind_of(config: Any) -> str:
         return "classifier"
     if name.endswith("ForPreTraining"):
         return "pretraining"
-    if name.endswith("ForMaskedLM") or (not name and is_encoder(get("model_type", ""))):
+    if name.endswith("ForMaskedLM") or is_encoder(get("model_type", "")):  # a bare encoder gets an MLM head
         return "masked"
     return "causal"
 
@@ -52,6 +52,17 @@ def auto_class(config: Any) -> type:
             "classifier": transformers.AutoModelForSequenceClassification}[kind]
 
 
+def kind_of_model(model: Any) -> str:
+    """The kind of an in-memory model: its own class says it (`architectures` is only set on save)."""
+    name = type(model).__name__
+    if name.startswith("Onnx") or not name.endswith(("ForSequenceClassification", "ForPreTraining",
+                                                      "ForMaskedLM", "ForCausalLM", "LMHeadModel")):
+        return kind_of(model.config)  # wrappers (ONNX, torch.compile) and bare encoders: go by the config
+    return kind_of({"architectures": [name], "model_type": model.config.model_type})
+
+
 def is_classifier(model: Any) -> bool:
     """A model (or config) whose output is one row of label logits per sequence."""
-    return kind_of(getattr(model, "config", model)) == "classifier"
+    if hasattr(model, "config"):
+        return kind_of_model(model) == "classifier"
+    return kind_of(model) == "classifier"

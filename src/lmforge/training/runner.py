@@ -46,9 +46,10 @@ from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
+from lmforge.modeling.family import is_encoder, kind_of_model
 from lmforge.stage import is_main_process
-from lmforge.training.data import PadCollator
-from lmforge.training.losses import lm_loss
+from lmforge.training.data import collator_for
+from lmforge.training.objectives import training_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,15 @@ class StageBusy(LmforgeError):
 
 
 class LMTrainer(Trainer):
-    """The Hugging Face Trainer with the loss averaged per example (see lmforge.training.losses)."""
+    """The Hugging Face Trainer with the loss of the model's kind (lmforge.training.objectives), averaged per
+    example (see lmforge.training.losses)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # the loss is a batch mean: the Trainer scales it for accumulation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = lm_loss(outputs.logits, labels)
+        loss, outputs = training_loss(model, inputs)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -420,7 +420,7 @@ def fit(
         trainer = trainer_cls(
             model=model,
             args=args,
-            data_collator=PadCollator(tokenizer.pad_token_id),
+            data_collator=collator_for(model, tokenizer, seed),
             train_dataset=train_set,
             eval_dataset=eval_sets,
             processing_class=tokenizer,
@@ -464,11 +464,14 @@ def fit(
             "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
             "precision": precision,
         }
+        # the task loss is on one label word: its exponent is no perplexity; nor is MLM + NSP's (pretraining)
+        perplexity = None if kind_of_model(model) == "pretraining" else \
+            "masked_perplexity" if is_encoder(model.config.model_type) else "perplexity"
         for name in eval_sets:
             loss = final[f"eval_{name}_loss"]
             metrics[f"eval_{name}_loss"] = round(loss, 4)
-            if name != "task":  # the task loss is on one label word: its exponent is no perplexity
-                metrics[f"eval_{name}_perplexity"] = round(math.exp(loss), 3) if loss < 700 else math.inf
+            if name != "task" and perplexity:
+                metrics[f"eval_{name}_{perplexity}"] = round(math.exp(loss), 3) if loss < 700 else math.inf
 
         if output is not None:
             save_trained(trainer, tokenizer, output, state, stage, metrics)  # the card carries these metrics
