@@ -1,6 +1,12 @@
 """Model compression for the prune and quantize stages.
 
+Every kind of model of the chain (lmforge.modeling.family) goes through it: causal LMs (GPT-2, Llama
+family), BERT encoders with their MLM head, and `*ForSequenceClassification` classifiers of either. Pruning
+touches the blocks only (a classifier head or a pooler is never pruned); quantization may take the heads
+too; every compressed folder loads back as the class it came from.
+
 linear        finding linear-like layers (nn.Linear and GPT-2's Conv1D) and converting Conv1D to nn.Linear
+model_class   the class a compressed model is rebuilt as (its config's `architectures`, family.auto_class)
 calibration   activation statistics on train-split blocks (input norms per layer, block influence)
 methods       the prune methods by name: configuration checks, composition, applying them in order
 prune         magnitude (L1) pruning with masks kept during recovery, made permanent before saving; sparsity report
@@ -11,5 +17,6 @@ quantize      the quantize methods behind one interface, and `load_quantized` fo
 dynamic_int8  torch dynamic INT8, saved as safetensors + JSON manifest, with its own loader (no pickle)
 onnx_int8     ONNX export, ONNX Runtime INT8 (dynamic or static QDQ), run by an InferenceSession
 bf16          weights stored and run in bfloat16
-task_head     the task-only model: last position -> the label rows of the LM head (torch; ONNX in onnx_int8)
+task_head     the task-only model of a causal LM: last position -> the label rows of the LM head (torch; ONNX
+              in onnx_int8); not for classifiers, whose logits are the label scores already
 """

@@ -2,7 +2,8 @@
 
 Fast where the hardware has bf16 matrix units (GPUs, CPUs with AMX or AVX512_BF16; see lmforge.hardware),
 emulated and slow elsewhere. The folder is a plain `save_pretrained` one (safetensors in bf16, config
-dtype bfloat16) plus the quantization.json manifest, so `AutoModelForCausalLM.from_pretrained` loads it too.
+dtype bfloat16) plus the quantization.json manifest, so `from_pretrained` of the class config.json names
+(`lmforge.modeling.family.auto_class`: a causal LM, a BERT MLM or a classifier) loads it too.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig
 
 from lmforge import hardware
+from lmforge.modeling.family import auto_class
 
 METHOD = "bf16"
 
@@ -37,4 +39,4 @@ def save(model: nn.Module, out_dir: str | Path) -> None:
 
 
 def load(path: str | Path) -> nn.Module:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    return auto_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.bfloat16).eval()

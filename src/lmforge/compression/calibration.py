@@ -4,6 +4,8 @@ Every activation-aware method reads the same one pass over the data:
 - `input_sq[name]`: the sum over calibration tokens of x_j^2 for every input feature j of every
   block linear layer (Wanda's ||X_j||_2 is its square root; ASVD's RMS is sqrt(sum / tokens)),
 - `block_influence[i]`: ShortGPT's 1 - cos(block input, block output), averaged over tokens.
+Any model of the chain works: a causal LM, a BERT encoder (the batch is all real tokens, so no attention
+mask is needed) or a classifier of either (its head is outside the blocks and not measured).
 Statistics are collected on the dense model in one pass (not layer by layer as in the Wanda paper):
 cheaper, and the difference is small at the sparsities used here.
 """
@@ -48,7 +50,8 @@ def calibration_blocks(samples: int, seed: int) -> torch.Tensor:
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks: GPT-2's `transformer.h`, Llama's `model.layers`."""
+    """The stack of transformer blocks: GPT-2's `transformer.h`, Llama's `model.layers`, BERT's
+    `bert.encoder.layer` (whatever head the class puts on top)."""
     stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not stacks:
         raise ValueError(f"{type(model).__name__}: no stack of transformer blocks (nn.ModuleList) found")
@@ -72,7 +75,7 @@ def calibrate(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> Calibr
 
     def on_block(index: int):
         def hook(module, args, kwargs, output):
-            hidden_in = args[0] if args else kwargs["hidden_states"]
+            hidden_in = args[0] if args else kwargs["hidden_states"]  # every family's block takes it first
             hidden_out = output[0] if isinstance(output, tuple) else output
             cos = nn.functional.cosine_similarity(hidden_in.double(), hidden_out.double(), dim=-1)
             influence_sum[index] += (1 - cos).sum()

@@ -3,10 +3,12 @@
 Weights of the linear layers are stored as int8 (per output channel or per tensor); activations are
 quantized on the fly at each matmul. `torch.ao.quantization.quantize_dynamic` only swaps `nn.Linear`,
 so GPT-2's Conv1D layers are converted to `nn.Linear` first; otherwise only the LM head would be
-quantized.
+quantized. Every kind of model of the chain is handled (lmforge.modeling.family): causal LMs, BERT
+encoders with their MLM head, and `*ForSequenceClassification` classifiers, whose head (`score`,
+`classifier`) and BERT's pooler are quantized with the blocks; the folder loads back as the same class.
 
 Saved folder (models/quantized), read by `load_quantized` (safetensors and JSON only):
-    config.json              the fp32 architecture (`config.save_pretrained`)
+    config.json              the fp32 architecture and its class (`architectures`, see model_class)
     model_int8.safetensors   float tensors of the model under their state_dict names (embeddings,
                              layer norms, ...), and for each quantized linear `<name>`:
                              `<name>.weight.int8` (int8), `<name>.weight.scales` (float64),
@@ -30,10 +32,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
+from lmforge.compression.model_class import build, save_config
 from lmforge.errors import DataError, missing_input, rerun_hint
 from lmforge.modeling.checks import check_finite
 
@@ -95,14 +98,17 @@ def quantize_dynamic_int8(model: nn.Module, *, per_channel: bool,
                           include_lm_head: bool) -> tuple[nn.Module, dict[str, Any]]:
     """A dynamic-int8 copy of `model` (the input is left as it is) and its coverage report.
 
-    The block linear layers (Conv1D converted to nn.Linear first) and, if `include_lm_head`, the LM
-    head are quantized; the head's tied embedding stays fp32. Coverage = int8 weights / weights of
-    all linear-like layers of the model, LM head included, measured on the quantized model.
+    Every linear layer (Conv1D converted to nn.Linear first) is quantized except the LM head, which is
+    quantized only if `include_lm_head`; the head's tied embedding stays fp32. Besides the blocks that
+    is a classifier's head and BERT's pooler and MLM transform (a causal LM has no other linear layer).
+    Coverage = int8 weights / weights of all linear-like layers of the model, LM head included,
+    measured on the quantized model.
     """
     model = conv1d_to_linear(copy.deepcopy(model)).eval()
-    linear_params = {name: m.weight.numel() for name, m in linear_layers(model, blocks_only=False).items()}
-    targets = list(linear_layers(model, blocks_only=True))
-    head = _output_layer_name(model)
+    linears = linear_layers(model, blocks_only=False)
+    linear_params = {name: m.weight.numel() for name, m in linears.items()}
+    head = _output_layer_name(model)  # None for a classifier: its `score` / `classifier` is no LM head
+    targets = [name for name, m in linears.items() if isinstance(m, nn.Linear) and name != head]
     if include_lm_head and head is not None and isinstance(model.get_submodule(head), nn.Linear):
         targets.append(head)
     _quantize_modules(model, dict.fromkeys(targets, PER_CHANNEL if per_channel else PER_TENSOR))
@@ -157,7 +163,9 @@ def save_quantized(model: nn.Module, out_dir: str | Path, *, manifest: dict[str,
             tensors[f"{name}.weight.zero_points"] = torch.tensor(weight.q_zero_point())
         bias = module.bias()
         if bias is not None:
-            tensors[f"{name}.bias"] = bias.detach()
+            # a copy: packing keeps the bias's storage, which a float tensor may share (BERT's MLM decoder
+            # bias is `cls.predictions.bias`), and safetensors refuses two names for one storage
+            tensors[f"{name}.bias"] = bias.detach().clone()
         modules.append({"name": name, "scheme": scheme, "bias": bias is not None})
     save_file({key: value.contiguous() for key, value in tensors.items()}, out_dir / WEIGHTS_FILE,
               # one key: safetensors keeps metadata in a Rust HashMap, so with two keys their order (and the
@@ -165,7 +173,7 @@ def save_quantized(model: nn.Module, out_dir: str | Path, *, manifest: dict[str,
               metadata={"format": f"lmforge-dynamic-int8-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "modules": modules})
-    model.config.save_pretrained(out_dir)
+    save_config(model, out_dir)  # with the class, so a classifier loads back as one
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -201,7 +209,8 @@ def _quantized_weight(tensors: dict[str, torch.Tensor], name: str, scheme: str) 
 def load_quantized(path: str | Path) -> nn.Module:
     """Load a model written by `save_quantized`; reads only JSON and safetensors.
 
-    Rebuilds the fp32 architecture from config.json, converts Conv1D to nn.Linear, swaps the modules
+    Rebuilds the fp32 architecture from config.json (its class by `family.auto_class`: causal LM,
+    masked LM or classifier), converts Conv1D to nn.Linear, swaps the modules
     listed in the manifest for dynamic int8 ones, then fills every tensor from the safetensors file.
     Raises DataError naming the file if anything is missing or does not match.
     """
@@ -216,7 +225,7 @@ def load_quantized(path: str | Path) -> nn.Module:
     except (OSError, ValueError) as exc:
         raise DataError(f"{config_path}: cannot be read as a model config: {exc}") from exc
 
-    model = conv1d_to_linear(AutoModelForCausalLM.from_config(config)).eval()
+    model = conv1d_to_linear(build(config)).eval()
     specs = {m["name"]: m for m in manifest["modules"]}
     linears = linear_layers(model, blocks_only=False)
     unknown = [name for name in specs if not isinstance(linears.get(name), nn.Linear)]

@@ -1,4 +1,9 @@
-"""Linear-like layers of a causal LM.
+"""Linear-like layers of a model of the chain: a causal LM, a BERT encoder, or a classifier of either.
+
+The blocks are the items of the model's stack of layers (GPT-2's `transformer.h`, Llama's `model.layers`,
+BERT's `bert.encoder.layer`): what pruning, low-rank and calibration touch. Everything else is outside them
+and is never pruned: embeddings, the LM head (BERT's MLM head with its transform), a classifier head
+(`score`, `classifier`) and BERT's pooler; quantization may still take those (`blocks_only=False`).
 
 GPT-2 implements its attention and MLP projections as `transformers.pytorch_utils.Conv1D`, a linear
 layer whose weight is stored transposed, (in, out). Tools that look for `nn.Linear` (dynamic
@@ -24,8 +29,8 @@ def _block_prefixes(model: nn.Module) -> list[str]:
 def linear_layers(model: nn.Module, *, blocks_only: bool) -> dict[str, nn.Module]:
     """Every nn.Linear and Conv1D of `model` by qualified name.
 
-    blocks_only: only the layers inside the transformer blocks, so not the LM head (nor anything
-    outside the stacked layers).
+    blocks_only: only the layers inside the transformer blocks, so not the LM head, a classifier head or
+    BERT's pooler (nor anything else outside the stacked layers).
     """
     prefixes = _block_prefixes(model) if blocks_only else []
     return {

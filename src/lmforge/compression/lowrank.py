@@ -5,10 +5,12 @@ S = diag(rms(X_j))^0.5, the input features' RMS over the calibration tokens, the
 truncation then discards what matters least for the real inputs, not for a unit-norm input.
 The rank is `rank_ratio * min(out, in)` or the smallest rank keeping `energy` of sum(sigma^2); a
 layer is factored only where r * (out + in) < out * in (fewer parameters and FLOPs), otherwise it
-stays dense and the report says so.
+stays dense and the report says so. Only the blocks' linear layers are factored: an LM head, a
+classifier head (`score`, `classifier`) and BERT's pooler stay as they are.
 
 A factored model is not a Hugging Face architecture, so it is saved as (no pickle anywhere):
-    config.json               the dense architecture it was factored from (`config.save_pretrained`)
+    config.json               the dense architecture it was factored from, and its class (a causal LM, a BERT
+                              MLM or a classifier loads back as itself; see model_class)
     model_lowrank.safetensors the state dict, factored layers as `<name>.down.weight` (r x in) and
                               `<name>.up.weight` / `<name>.up.bias` (out x r, out); tied weights once
     lowrank.json              manifest: format_version, method, activation_aware, and per factored
@@ -27,11 +29,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 from transformers.pytorch_utils import Conv1D
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import block_layer_type, linear_layers
+from lmforge.compression.model_class import build, save_config
 from lmforge.errors import DataError
 
 if TYPE_CHECKING:  # evaluate loads factored models without the calibration (and data) code
@@ -144,7 +147,7 @@ def save_lowrank(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, A
     save_file(unique_state(model), out_dir / WEIGHTS_FILE, metadata={"format": f"lmforge-lowrank-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "layers": layers})
-    model.config.save_pretrained(out_dir)
+    save_config(model, out_dir)
 
 
 def is_lowrank(path: str | Path) -> bool:
@@ -154,8 +157,9 @@ def is_lowrank(path: str | Path) -> bool:
 def load_lowrank(path: str | Path) -> nn.Module:
     """Load a folder written by `save_lowrank` (JSON and safetensors only); eval mode, fp32.
 
-    Builds the dense architecture from config.json, swaps every layer named in lowrank.json for a
-    FactoredLinear of the recorded rank, then loads every tensor. DataError names what does not match.
+    Builds the dense architecture from config.json (as its recorded class), swaps every layer named in
+    lowrank.json for a FactoredLinear of the recorded rank, then loads every tensor.
+    DataError names what does not match.
     """
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
@@ -172,7 +176,7 @@ def load_lowrank(path: str | Path) -> nn.Module:
         tensors = load_file(weights_path)
     except (OSError, ValueError, SafetensorError) as exc:
         raise DataError(f"{path}: not a complete low-rank model folder: {exc}") from exc
-    model = AutoModelForCausalLM.from_config(config)
+    model = build(config)
     for spec in manifest["layers"]:
         parent, _, child = spec["name"].rpartition(".")
         try:

@@ -1,18 +1,25 @@
-"""ONNX Runtime INT8: export a causal LM to ONNX, quantize it with ONNX Runtime, run it in an InferenceSession.
+"""ONNX Runtime INT8: export a model to ONNX, quantize it with ONNX Runtime, run it in an InferenceSession.
 
     export_onnx(model, "fp32.onnx")                      # torch.onnx.export(dynamo=True); logits out
     quantize_onnx("fp32.onnx", "model.onnx", per_channel=True)   # dynamic int8 (or static QDQ)
-    OnnxCausalLM("models/quantized")                     # what evaluate runs: model(input_ids=, attention_mask=)
+    OnnxModel("models/quantized")                        # what evaluate runs: model(input_ids=, attention_mask=)
+
+Any kind of model of the chain (lmforge.modeling.family) exports the same way, with the inputs input_ids and
+attention_mask and the output logits, of the model's own shape: (batch, seq, vocab) for a causal LM or a BERT
+MLM, (batch, labels) for a `*ForSequenceClassification` classifier. BERT's token_type_ids are not an input
+(all 0: one segment).
 
 The dynamo exporter is used because the TorchScript one fails on GPT-2. ONNX Runtime's dynamic
 quantization turns every MatMul / Gemm with a constant weight into MatMulInteger (weights int8, activations
 quantized per call). A tied LM head reads the embedding through a runtime Transpose, which no quantizer
 sees, so before quantizing the head gets the transposed embedding as its own constant, and afterwards
 `share_embedding` makes the token lookup read that same int8 matrix (a Gather along its other axis):
-one int8 copy serves both, and the file is about a quarter of fp32.
+one int8 copy serves both, and the file is about a quarter of fp32. BERT's MLM decoder is tied the same way
+(its separate bias is an Add after the MatMul, untouched). A classifier has no LM head: nothing is untied or
+shared, its head (`score`, `classifier`) and BERT's pooler are quantized as any other MatMul / Gemm.
 
 Saved folder (models/quantized): model.onnx, config.json, quantization.json (method, coverage, ...),
-tokenizer files. Only onnxruntime, numpy and the tokenizer are needed to run it (see `OnnxCausalLM`).
+tokenizer files. Only onnxruntime, numpy and the tokenizer are needed to run it (see `OnnxModel`).
 """
 
 from __future__ import annotations
@@ -69,17 +76,25 @@ def _quiet() -> Iterator[None]:
 
 
 def _logits_module(model: Any) -> Any:
+    import inspect
+
     import torch
 
     class Logits(torch.nn.Module):
-        """input_ids, attention_mask -> logits, without the cache and the other outputs."""
+        """input_ids, attention_mask -> logits, without the cache and the other outputs. The logits are
+        whatever the model's are: (batch, seq, vocab) for an LM, (batch, labels) for a classifier. BERT's
+        token_type_ids are left out (all 0, as in a one-segment input)."""
 
         def __init__(self, lm: torch.nn.Module) -> None:
             super().__init__()
             self.lm = lm
+            # decoders take use_cache (a cache would be one more output); BERT's forward has no such argument
+            self.extra = {"use_cache": False} if "use_cache" in inspect.signature(lm.forward).parameters else {}
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, **self.extra)
+            # BertForPreTraining names its MLM logits prediction_logits (its NSP logits are not exported)
+            return out.logits if "logits" in out else out.prediction_logits
 
     return Logits(model)
 
@@ -365,9 +380,10 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxCausalLM:
-    """An ONNX causal LM behind the interface lmforge's metrics use:
-    `model(input_ids=..., attention_mask=...).logits` (a torch tensor when given torch tensors).
+class OnnxModel:
+    """An exported model behind the interface lmforge's metrics use:
+    `model(input_ids=..., attention_mask=...).logits` (a torch tensor when given torch tensors), of the
+    shape the torch model's logits have: (batch, seq, vocab) for an LM, (batch, labels) for a classifier.
 
     `config` is the Hugging Face config read from the folder (as a plain namespace: no transformers needed).
     """
@@ -387,7 +403,7 @@ class OnnxCausalLM:
             self._threads = threads
             self.session = session(self.path / self._file, threads)
 
-    def eval(self) -> OnnxCausalLM:
+    def eval(self) -> OnnxModel:
         return self
 
     def __call__(self, input_ids: Any, attention_mask: Any = None) -> SimpleNamespace:
@@ -424,6 +440,9 @@ class OnnxCausalLM:
                 if zp is not None and int(np.prod(zp.dims)) == 1:  # per tensor; per channel ones are 0
                     zero_point = int(numpy_helper.to_array(zp).ravel()[0])
             yield name, numpy_helper.to_array(init), zero_point, name in gathered
+
+
+OnnxCausalLM = OnnxModel  # the name it had when only causal LMs were exported
 
 
 # --------------------------------------------------------------------------------------------------

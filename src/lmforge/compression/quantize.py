@@ -6,7 +6,8 @@ One module per backend:
     bf16           weights stored and run in bfloat16; a plain save_pretrained folder
 
 Every folder carries quantization.json (method, coverage, ...); `load_quantized` reads it and returns a
-model with the interface of lmforge's metrics (`model(input_ids=, attention_mask=).logits`).
+model with the interface of lmforge's metrics (`model(input_ids=, attention_mask=).logits`), of the class the
+input had: a causal LM, a BERT MLM, or a classifier whose logits are (batch, labels).
 The stage itself (load -> quantize -> check -> save atomically -> metrics) is stages/quantize.py.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from lmforge.artifacts import read_json, write_json
+from lmforge.compression.model_class import save_config
 from lmforge.config import QuantizeConfig
 from lmforge.errors import ConfigError, DataError, LmforgeError
 
@@ -74,7 +76,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
                                              block_size=cfg.block_size)
         finally:
             fp32.unlink(missing_ok=True)
-        model.config.save_pretrained(out_dir)  # the shape, for the loader and evaluate (read as JSON)
+        save_config(model, out_dir)  # the shape and class, for the loader and evaluate (read as JSON)
     elif cfg.method == "bf16":
         from lmforge.compression import bf16
 
@@ -123,9 +125,9 @@ def load_quantized(path: str | Path, threads: int | None = None) -> Any:
 
         return load_int8(path)
     if method == "onnx_int8":
-        from lmforge.compression.onnx_int8 import OnnxCausalLM
+        from lmforge.compression.onnx_int8 import OnnxModel
 
-        return OnnxCausalLM(path, threads=threads)
+        return OnnxModel(path, threads=threads)
     from lmforge.compression import bf16
 
     return bf16.load(path)

@@ -5,15 +5,21 @@ Importance comes from calibration activations (Minitron-style width scoring, Sho
 - an attention head: the same over the head's slice of the output projection's input,
 - a block: its block influence, 1 - cos(input, output); the least influential blocks go first.
 The selected rows / columns are sliced out of the state dict and a model of the smaller config is
-built from it, so the result is a plain Hugging Face model: `save_pretrained` writes smaller
-matrices and `AutoModelForCausalLM.from_pretrained` loads them.
+built from it, of the same class as the input (causal LM, BertForMaskedLM, or a `*ForSequenceClassification`
+classifier: see lmforge.compression.model_class), so the result is a plain Hugging Face model:
+`save_pretrained` writes smaller matrices and `lmforge.modeling.family.auto_class(config).from_pretrained`
+loads them. Only the blocks change: embeddings, final norms, the LM head, a classifier head (`score`,
+`classifier`) and BERT's pooler are kept as they are.
 
-What each family's config can express (the same shapes in every layer, as both configs demand):
+What each family's config can express (the same shapes in every layer, as every config demands):
 - GPT-2: `n_inner` (FFN width) and `n_layer`. Not fewer heads: GPT-2 derives head_dim = n_embd / n_head
   and its attention width is n_embd, so heads cannot be removed at a fixed width.
 - Llama family: `intermediate_size`, `num_hidden_layers`, and `num_attention_heads` with an explicit
   `head_dim`. With grouped-query attention the same number of query heads is removed from every
   key/value group, so `num_attention_heads / num_key_value_heads` stays an integer.
+- BERT (encoders): `intermediate_size` (intermediate.dense -> output.dense) and `num_hidden_layers`. Not
+  fewer heads, for GPT-2's reason: BertSelfAttention derives head_dim = hidden_size / num_attention_heads
+  (there is no `head_dim` key), and one `num_attention_heads` holds for every layer.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
 
 from lmforge.compression.calibration import Calibration, blocks_of, most_influential_blocks
+from lmforge.compression.model_class import build
 from lmforge.errors import ConfigError
 
 
@@ -35,7 +41,9 @@ from lmforge.errors import ConfigError
 class Family:
     """Where a family keeps its blocks and projections, and the config keys that describe their sizes."""
 
-    blocks: str  # state-dict prefix of block i, with {i}
+    # state-dict prefix of block i, with {i}, in the family's LM and classifier classes; `structured` reads
+    # the prefix off the model itself (`blocks_of`), so any class that nests the blocks elsewhere works too
+    blocks: str
     ffn_in: tuple[str, ...]  # projections whose outputs are the FFN channels
     ffn_out: str  # the projection that reads them
     layers_key: str
@@ -44,17 +52,22 @@ class Family:
     attn_q: str | None = None
     attn_kv: tuple[str, ...] = ()
     attn_out: str | None = None
+    head_dim_rule: str = ""  # why the config cannot express fewer heads (families without attn_q)
 
 
 FAMILIES = {
-    "gpt2": Family(blocks="transformer.h.{i}.", ffn_in=("mlp.c_fc",), ffn_out="mlp.c_proj",
-                   layers_key="n_layer", ffn_key="n_inner", conv1d=True),
+    "gpt2": Family(blocks="transformer.h.{i}.", ffn_in=("mlp.c_fc",), ffn_out="mlp.c_proj", layers_key="n_layer",
+                   ffn_key="n_inner", conv1d=True, head_dim_rule="head_dim = n_embd / n_head"),
     "llama": Family(blocks="model.layers.{i}.", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj",
                     layers_key="num_hidden_layers", ffn_key="intermediate_size", conv1d=False,
                     attn_q="self_attn.q_proj", attn_kv=("self_attn.k_proj", "self_attn.v_proj"),
                     attn_out="self_attn.o_proj"),
 }
 FAMILIES["mistral"] = FAMILIES["qwen2"] = FAMILIES["llama"]
+# BertLayer: attention.self.{query,key,value} -> attention.output.dense, intermediate.dense -> output.dense
+FAMILIES["bert"] = Family(blocks="bert.encoder.layer.{i}.", ffn_in=("intermediate.dense",), ffn_out="output.dense",
+                          layers_key="num_hidden_layers", ffn_key="intermediate_size", conv1d=False,
+                          head_dim_rule="head_dim = hidden_size / num_attention_heads")
 
 
 def family(model_type: str, heads: float | None) -> Family:
@@ -65,8 +78,8 @@ def family(model_type: str, heads: float | None) -> Family:
     spec = FAMILIES[model_type]
     if heads and spec.attn_q is None:
         raise ConfigError(f"invalid value for 'prune.heads': {heads} ({model_type}'s config cannot express fewer "
-                          "heads at a fixed width: head_dim = n_embd / n_head; expected 0 or null, prune "
-                          "prune.ffn / prune.layers instead)")
+                          f"heads at a fixed width: {spec.head_dim_rule}; expected 0 or null, "
+                          "prune prune.ffn / prune.layers instead)")
     return spec
 
 
@@ -92,6 +105,12 @@ def _out_columns(weight: torch.Tensor, conv1d: bool) -> torch.Tensor:
     return weight.norm(dim=1) if conv1d else weight.norm(dim=0)
 
 
+def _block_prefix(model: nn.Module) -> str:
+    """State-dict prefix of block i, with {i}: "transformer.h.{i}.", "model.layers.{i}.", "bert.encoder.layer.{i}."."""
+    stack = blocks_of(model)
+    return next(name for name, module in model.named_modules() if module is stack) + ".{i}."
+
+
 @torch.no_grad()
 def structured(model: nn.Module, calibration: Calibration, heads: float | None, ffn: float | None,
                layers: float | None) -> tuple[nn.Module, dict[str, Any]]:
@@ -99,14 +118,15 @@ def structured(model: nn.Module, calibration: Calibration, heads: float | None, 
     config = model.config
     spec = family(config.model_type, heads)
     state = model.state_dict()
+    blocks = _block_prefix(model)
     n_layers = len(blocks_of(model))
     kept_layers = most_influential_blocks(calibration.block_influence, _keep_count(n_layers, layers))
 
-    new_state = {k: v for k, v in state.items() if not re.match(spec.blocks.format(i=r"\d+"), k)}
+    new_state = {k: v for k, v in state.items() if not re.match(re.escape(blocks).replace(r"\{i\}", r"\d+"), k)}
     ffn_width = ffn_kept = None
     heads_total = heads_kept = None
     for new_i, old_i in enumerate(kept_layers):
-        old, new = spec.blocks.format(i=old_i), spec.blocks.format(i=new_i)
+        old, new = blocks.format(i=old_i), blocks.format(i=new_i)
         layer = {k[len(old):]: v for k, v in state.items() if k.startswith(old)}
         # FFN channels
         out_w = layer[f"{spec.ffn_out}.weight"]
@@ -148,7 +168,8 @@ def structured(model: nn.Module, calibration: Calibration, heads: float | None, 
         new_config.num_attention_heads = heads_kept
     if isinstance(getattr(new_config, "layer_types", None), list):
         new_config.layer_types = [config.layer_types[i] for i in kept_layers]
-    pruned = AutoModelForCausalLM.from_config(new_config).to(next(model.parameters()).dtype)
+    new_config.architectures = [type(model).__name__]  # rebuilt as the same class: classifier, masked or causal
+    pruned = build(new_config).to(next(model.parameters()).dtype)
     pruned.load_state_dict(new_state, strict=True)
     pruned.train(model.training)
 
@@ -156,7 +177,7 @@ def structured(model: nn.Module, calibration: Calibration, heads: float | None, 
         "layers": {"before": n_layers, "after": len(kept_layers), "kept": kept_layers,
                    "block_influence": [round(b, 5) for b in calibration.block_influence]},
         "ffn_channels": {"before": ffn_width, "after": ffn_kept},
-        "heads": {"before": heads_total or getattr(config, "n_head", None), "after": heads_kept or
-                  getattr(config, "n_head", None)},
+        "heads": {"before": heads_total or config.num_attention_heads,
+                  "after": heads_kept or config.num_attention_heads},
     }
     return pruned, report

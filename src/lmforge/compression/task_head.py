@@ -12,6 +12,9 @@ FLOPs; the task needs two of its rows.
 
 Prompts are right-padded (attention_mask 1 then 0); the label order is task_meta.json's label_words.
 Its argmax equals the full model's prediction (argmax of the log-softmax restricted to the label tokens).
+
+Only a causal LM (task.head=lm) has a task model: a classifier's own logits are already (batch, labels),
+and a BERT MLM does not predict the word after the prompt. `applies` says which; TaskModel refuses the others.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lmforge.compression.model_class import kind
+from lmforge.errors import ConfigError
+
 TASK_FILE = "task.onnx"
 OUTPUT = "label_logits"
+
+
+def applies(model) -> bool:
+    """Whether `model` (or its config) has a task-only model: a causal LM; not a classifier nor an encoder."""
+    return kind(model) == "causal"
 
 
 def _head_rows(lm: nn.Module, label_token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -40,6 +51,12 @@ class TaskModel(nn.Module):
 
     def __init__(self, lm: nn.Module, label_token_ids: Sequence[int]) -> None:
         super().__init__()
+        if not applies(lm):
+            lm_kind = kind(lm)
+            raise ConfigError(f"quantize.task_model: a task-only model is built from a causal LM's head, and this "
+                              f"model is a {lm_kind} model ({type(lm).__name__})"
+                              + ("; its logits are already the label scores (batch, labels)" if lm_kind == "classifier"
+                                 else "") + "; set quantize.task_model to false")
         self.body = lm.base_model  # GPT2Model / LlamaModel: everything but the LM head
         rows, bias = _head_rows(lm, label_token_ids)
         self.rows = nn.Parameter(rows, requires_grad=False)
@@ -58,5 +75,7 @@ def full_model_predictions(lm, prompts: torch.Tensor, mask: torch.Tensor,
                            label_token_ids: Sequence[int]) -> torch.Tensor:
     """What the full LM predicts (as in lmforge.evaluation.metrics.task_accuracy): label index per prompt."""
     logits = lm(input_ids=prompts, attention_mask=mask).logits.float()
+    if logits.dim() == 2:  # a classifier: (batch, labels) already, in the label order
+        return logits.argmax(dim=-1)
     last = logits[torch.arange(len(prompts)), mask.sum(dim=1) - 1]
     return last.log_softmax(dim=-1)[:, list(label_token_ids)].argmax(dim=-1)
