@@ -36,9 +36,10 @@ from transformers import AutoConfig
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
-from lmforge.compression.model_class import build, save_config
+from lmforge.compression.model_class import save_config
 from lmforge.errors import DataError, missing_input, rerun_hint
 from lmforge.modeling.checks import check_finite
+from lmforge.modeling.family import new_model
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def load_quantized(path: str | Path) -> nn.Module:
     except (OSError, ValueError) as exc:
         raise DataError(f"{config_path}: cannot be read as a model config: {exc}") from exc
 
-    model = conv1d_to_linear(build(config)).eval()
+    model = conv1d_to_linear(new_model(config)).eval()
     specs = {m["name"]: m for m in manifest["modules"]}
     linears = linear_layers(model, blocks_only=False)
     unknown = [name for name in specs if not isinstance(linears.get(name), nn.Linear)]

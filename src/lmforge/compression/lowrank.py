@@ -34,8 +34,9 @@ from transformers.pytorch_utils import Conv1D
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import block_layer_type, linear_layers
-from lmforge.compression.model_class import build, save_config
+from lmforge.compression.model_class import save_config
 from lmforge.errors import DataError
+from lmforge.modeling.family import new_model
 
 if TYPE_CHECKING:  # evaluate loads factored models without the calibration (and data) code
     from lmforge.compression.calibration import Calibration
@@ -176,7 +177,7 @@ def load_lowrank(path: str | Path) -> nn.Module:
         tensors = load_file(weights_path)
     except (OSError, ValueError, SafetensorError) as exc:
         raise DataError(f"{path}: not a complete low-rank model folder: {exc}") from exc
-    model = build(config)
+    model = new_model(config)
     for spec in manifest["layers"]:
         parent, _, child = spec["name"].rpartition(".")
         try:

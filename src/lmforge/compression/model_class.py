@@ -2,7 +2,7 @@
 
 Compressed folders that are not plain `save_pretrained` ones (dynamic int8, low-rank, ONNX) store only
 config.json and rebuild the architecture from it, and structured pruning builds a smaller model from a
-changed config. Each goes through `lmforge.modeling.family.auto_class`, which reads the class from the
+changed config. Each goes through `lmforge.modeling.family.new_model`, which reads the class from the
 config's `architectures`, so a classifier (`*ForSequenceClassification`) or a BertForMaskedLM comes back
 as itself and not as a causal LM. A model built in memory from a config has no `architectures` yet
 (only `save_pretrained` records it), so `config_of` writes the model's own class into a copy first.
@@ -16,8 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from lmforge.modeling.family import auto_class, kind_of
-
 
 def config_of(model: nn.Module) -> Any:
     """A copy of `model.config` that names the model's class in `architectures`, as `save_pretrained` does."""
@@ -26,18 +24,6 @@ def config_of(model: nn.Module) -> Any:
     return config
 
 
-def kind(model: Any) -> str:
-    """`family.kind_of` of a model by its own class (right also before `save_pretrained` named it), or of a config."""
-    return kind_of(config_of(model) if isinstance(model, nn.Module) else model)
-
-
 def save_config(model: nn.Module, out_dir: str | Path) -> None:
     """config.json for `model`, recording its class (the model's own config is left as it is)."""
     config_of(model).save_pretrained(out_dir)
-
-
-def build(config: Any) -> nn.Module:
-    """An untrained model of `config`'s class (`auto_class`), built with transformers' own classes only."""
-    cls = auto_class(config)
-    # the Auto* classes have from_config; a concrete class (BertForPreTraining) has only _from_config
-    return cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)

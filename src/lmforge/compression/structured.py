@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from lmforge.compression.calibration import Calibration, blocks_of, most_influential_blocks
-from lmforge.compression.model_class import build
 from lmforge.errors import ConfigError
+from lmforge.modeling.family import new_model
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def structured(model: nn.Module, calibration: Calibration, heads: float | None, 
     if isinstance(getattr(new_config, "layer_types", None), list):
         new_config.layer_types = [config.layer_types[i] for i in kept_layers]
     new_config.architectures = [type(model).__name__]  # rebuilt as the same class: classifier, masked or causal
-    pruned = build(new_config).to(next(model.parameters()).dtype)
+    pruned = new_model(new_config).to(next(model.parameters()).dtype)
     pruned.load_state_dict(new_state, strict=True)
     pruned.train(model.training)
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lmforge.compression.model_class import kind
 from lmforge.errors import ConfigError
+from lmforge.modeling.family import kind_of_model
 
 TASK_FILE = "task.onnx"
 OUTPUT = "label_logits"
@@ -33,7 +33,7 @@ OUTPUT = "label_logits"
 
 def applies(model) -> bool:
     """Whether `model` (or its config) has a task-only model: a causal LM; not a classifier nor an encoder."""
-    return kind(model) == "causal"
+    return kind_of_model(model) == "causal"
 
 
 def _head_rows(lm: nn.Module, label_token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -52,7 +52,7 @@ class TaskModel(nn.Module):
     def __init__(self, lm: nn.Module, label_token_ids: Sequence[int]) -> None:
         super().__init__()
         if not applies(lm):
-            lm_kind = kind(lm)
+            lm_kind = kind_of_model(lm)
             raise ConfigError(f"quantize.task_model: a task-only model is built from a causal LM's head, and this "
                               f"model is a {lm_kind} model ({type(lm).__name__})"
                               + ("; its logits are already the label scores (batch, labels)" if lm_kind == "classifier"

@@ -356,10 +356,10 @@ def check_label_words(tokenizer: PreTrainedTokenizerBase, cfg: PreprocessConfig)
 
 def pack(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str, split: str,
          path: Path) -> tuple[Dataset, dict[str, int]]:
-    """Tokenize, end each document with eos (an encoder's tokenizer makes it [CLS] text [SEP] itself),
-    concatenate, cut into blocks of exactly block_size (a last, partial block is dropped). Streams: the tokenizer's batch encode takes ~256 kB of text at a time
-    (its own threads parallelise it), and the blocks go straight from numpy to the Arrow file `path`,
-    which the returned Dataset memory-maps."""
+    """Tokenize, end each document with eos (an encoder's tokenizer makes it [CLS] text [SEP] itself), concatenate,
+    cut into blocks of exactly block_size (a last, partial block is dropped). Streams: the tokenizer's batch
+    encode takes ~256 kB of text at a time (its own threads parallelise it), and the blocks go straight from numpy
+    to the Arrow file `path`, which the returned Dataset memory-maps."""
     eos = tokenizer.eos_token_id
     n_docs = n_tokens = 0
     rest = np.empty(0, dtype=np.int64)  # the tokens after the last full block, carried to the next batch

@@ -22,8 +22,8 @@ from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig, Params
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.evaluation.external import load_external_sets
-from lmforge.modelio import load_weights
 from lmforge.modeling.family import is_encoder, kind_of
+from lmforge.modelio import load_weights
 from lmforge.training.objectives import nsp_pairs
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
 """Measurements of one model of the chain: perplexity (next-token, or masked-token for an encoder), task
 accuracy, parameter counts, CPU latency, throughput.
 
-Pure functions of a model and token ids. A model is anything whose
-`forward(input_ids=..., attention_mask=...)` returns an object with `.logits` of shape
-(batch, seq, vocab), like `GPT2LMHeadModel` or any model of `load_quantized` (torch int8, bf16, or an
-ONNX Runtime session), or (batch, labels) for a classifier (task.head=classifier). Runs under `torch.inference_mode()` with the model in eval mode, in the model's own
-dtype (the caller may add autocast); logits are compared in fp32.
+Pure functions of a model and token ids. A model is anything whose `forward(input_ids=...,
+attention_mask=...)` returns an object with `.logits` of shape (batch, seq, vocab), like `GPT2LMHeadModel` or
+any model of `load_quantized` (torch int8, bf16, or an ONNX Runtime session), or (batch, labels) for a
+classifier (task.head=classifier). Runs under `torch.inference_mode()` with the model in eval mode, in the
+model's own dtype (the caller may add autocast); logits are compared in fp32.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def nsp_accuracy(model: nn.Module, pairs: Dataset, batch_size: int) -> float:
     for start in range(0, len(pairs), batch_size):
         rows = pairs[start : start + batch_size]
         ids = torch.tensor(rows["input_ids"])
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor(rows["token_type_ids"]))
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                    token_type_ids=torch.tensor(rows["token_type_ids"]))
         predicted = out.seq_relationship_logits.argmax(-1)
         correct += int((predicted == torch.tensor(rows["next_sentence_label"])).sum())
     return correct / len(pairs)

@@ -24,10 +24,9 @@ from transformers import (
     set_seed,
 )
 
-from lmforge.modeling.family import auto_class
-
 from lmforge.config import ModelConfig, StudentConfig, student_shape
 from lmforge.errors import ConfigError
+from lmforge.modeling.family import new_model
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
     config.num_hidden_layers = n_layer
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
         config.layer_types = [config.layer_types[t] for t in layer_map]
-    student = auto_class(config).from_config(config, dtype=torch.float32)
+    student = new_model(config, dtype=torch.float32)
     if cfg.init_from_teacher:
         name, _ = decoder_layers(teacher)
         source = teacher.state_dict()

@@ -70,7 +70,8 @@ def load_model(folder: str | Path, model_class: type | None = None, **kwargs):
     folder = require(folder)
     files = check_safetensors(folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    model = (model_class or auto_class(config)).from_pretrained(folder, use_safetensors=True, dtype=torch.float32, **kwargs)
+    model = (model_class or auto_class(config)).from_pretrained(folder, use_safetensors=True, dtype=torch.float32,
+                                                                **kwargs)
     where = str(files[0]) if len(files) == 1 else str(folder)
     check_finite(model, f"{where} ({rerun_hint(folder)})")
     return model

@@ -52,8 +52,18 @@ def auto_class(config: Any) -> type:
             "classifier": transformers.AutoModelForSequenceClassification}[kind]
 
 
+def new_model(config: Any, **kwargs: Any) -> Any:
+    """An untrained model of `config`'s class (`auto_class`), built with transformers' own classes only."""
+    cls = auto_class(config)
+    # the Auto* classes have from_config; a concrete class (BertForPreTraining) has only _from_config
+    return cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
+
+
 def kind_of_model(model: Any) -> str:
-    """The kind of an in-memory model: its own class says it (`architectures` is only set on save)."""
+    """The kind of an in-memory model: its own class says it (`architectures` is only set on save).
+    A config (or config.json as a dict) goes to `kind_of`."""
+    if not hasattr(model, "config"):
+        return kind_of(model)
     name = type(model).__name__
     if name.startswith("Onnx") or not name.endswith(("ForSequenceClassification", "ForPreTraining",
                                                       "ForMaskedLM", "ForCausalLM", "LMHeadModel")):
@@ -63,6 +73,4 @@ def kind_of_model(model: Any) -> str:
 
 def is_classifier(model: Any) -> bool:
     """A model (or config) whose output is one row of label logits per sequence."""
-    if hasattr(model, "config"):
-        return kind_of_model(model) == "classifier"
-    return kind_of(model) == "classifier"
+    return kind_of_model(model) == "classifier"

@@ -31,8 +31,8 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
 from lmforge.modeling.checks import load_model
-from lmforge.training import data
 from lmforge.modeling.family import is_classifier
+from lmforge.training import data
 from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 
