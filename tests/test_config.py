@@ -26,7 +26,7 @@ def test_committed_params_equal_a_fresh_composition(tmp_path):
     assert (ROOT / "params.yaml").read_text() == fresh, "params.yaml is stale: run `make params`"
 
 
-@pytest.mark.parametrize("profile", [None, "tiny", "cpu_real", "smollm2", "cpu_smollm2_real", "gpu_gpt2_imdb"])
+@pytest.mark.parametrize("profile", [None, *sorted(p.stem for p in (ROOT / "conf/profile").glob("*.yaml"))])
 def test_every_section_of_every_profile_validates(tmp_path, profile):
     path = composed(tmp_path, *([f"profile={profile}"] if profile else []))
     params = stage_params(*SECTIONS, path=path)

@@ -1,7 +1,8 @@
-"""The whole pipeline under DVC, on the smallest profile, in a temporary copy of the repository.
+"""The whole pipeline under DVC, on the smallest profiles, in a temporary copy of the repository.
 
 `dvc repro` runs every stage; a second `dvc repro` runs none; an experiment that changes one
-quantize parameter reruns quantize and evaluate only.
+quantize parameter reruns quantize and evaluate only. The tiny encoder (BERT, MLM + NSP, a classifier
+head, hidden-state KD) runs the same DAG.
 """
 
 import json
@@ -60,3 +61,38 @@ def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_on
     assert "n_embd: 32" in (path / "params.yaml").read_text()  # still the tiny model
     quantize = json.loads((path / "metrics/quantize.json").read_text())
     assert quantize["coverage"] >= 0.95
+
+
+@pytest.fixture(scope="module")
+def encoder_repo(tmp_path_factory) -> tuple[Path, dict]:
+    dest = tmp_path_factory.mktemp("e2e-encoder") / "repo"
+    return dest, make_repo(dest, ["profile=tiny_encoder"])
+
+
+def test_the_encoder_chain_runs_every_stage_then_nothing(encoder_repo):
+    path, env = encoder_repo
+    first = run(["dvc", "repro"], path, env)
+    assert stages_run(first) == STAGES
+    kinds = {name: json.loads((path / "models" / name / "config.json").read_text())["architectures"][0]
+             for name in ["general", "teacher", "student", "pruned", "quantized"]}
+    assert kinds == {"general": "BertForPreTraining", "teacher": "BertForSequenceClassification",
+                     "student": "BertForSequenceClassification", "pruned": "BertForSequenceClassification",
+                     "quantized": "BertForSequenceClassification"}
+    models = json.loads((path / "metrics/evaluate.json").read_text())["models"]
+    general = models["general"]  # an encoder without a task head: masked-token perplexity and NSP accuracy
+    assert general["ppl_kind"] == "masked-token" and general["ppl_general"] > 1 and 0 <= general["nsp_accuracy"] <= 1
+    assert general["accuracy"] is None
+    for name in ["teacher", "student", "pruned", "quantized"]:  # classifiers: accuracy, no perplexity
+        assert 0 <= models[name]["accuracy"] <= 1 and models[name]["ppl_general"] is None
+    distill = json.loads((path / "metrics/distill.json").read_text())
+    assert distill["train_loss_terms"]["hidden_loss"] > 0  # alpha_hidden > 0: the term is trained and reported
+    prune = json.loads((path / "metrics/prune.json").read_text())
+    assert prune["methods"]["structured"]["ffn_channels"] == {"before": 128, "after": 64}
+    quantize = json.loads((path / "metrics/quantize.json").read_text())
+    assert quantize["coverage"] >= 0.95
+    assert models["quantized"]["bytes_on_disk"] < models["pruned"]["bytes_on_disk"] < models["student"]["bytes_on_disk"]
+    summary = (path / "reports/summary.md").read_text()
+    assert "(masked)" in summary and "next-sentence accuracy" in summary
+
+    second = run(["dvc", "repro"], path, env)
+    assert stages_run(second) == []

@@ -136,7 +136,10 @@ def info(args: argparse.Namespace) -> None:
                  ("sparsity", f"{1 - counts['nonzero_parameters'] / counts['parameters']:.1%}")]
     rows.append(("weights on disk", f"{sum(p.stat().st_size for p in weight_files(folder, model.format)):,} bytes"))
     if model.task:
-        rows.append(("task", f"review + {model.task['prompt']!r} -> "
+        from lmforge.modeling.family import kind_of
+
+        head = "classifier head" if kind_of(model.config) == "classifier" else "label word"
+        rows.append(("task", f"review + {model.task['prompt']!r} -> {head}: "
                              + " / ".join(repr(w) for w in model.task["label_words"])))
     # Test metrics from evaluate, when the folder is models/<name> of a repository that ran it.
     evaluate_json = folder.resolve().parent.parent / "metrics" / "evaluate.json"

@@ -156,6 +156,12 @@ class LoadedModel:
                  seed: int = 0) -> str:
         """Sample a continuation of `prompt` (temperature 0: greedy), one full forward per token so that
         every format, not only `transformers` models, generates the same way."""
+        from lmforge.modeling.family import kind_of
+
+        if kind_of(self.config) != "causal":
+            raise ModelFolderError(f"{self.folder}: a {kind_of(self.config)} model "
+                                   f"({', '.join(self.config.get('architectures') or ['?'])}) does not generate "
+                                   "text; only a causal LM does (`lmforge predict` classifies with this one)")
         ids = self.tokenizer(prompt)["input_ids"] or [self.tokenizer.eos_token_id]
         generator = torch.Generator().manual_seed(seed)
         window = self.context_length or len(ids) + max_new_tokens

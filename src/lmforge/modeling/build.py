@@ -124,6 +124,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
     """
     n_layer, _, _ = student_shape(teacher_cfg, cfg)  # also: the student keeps the teacher's width
     config = copy.deepcopy(teacher.config)
+    config.architectures = [type(teacher).__name__]  # the teacher's class, also before save_pretrained names it
     config.num_hidden_layers = n_layer
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
         config.layer_types = [config.layer_types[t] for t in layer_map]

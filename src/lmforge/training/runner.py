@@ -54,6 +54,7 @@ from lmforge.training.objectives import training_loss
 log = logging.getLogger(__name__)
 
 RUN_FILE = "lmforge_run.json"  # in each checkpoint: training seconds of the whole run up to that step
+TRAINING_AIDS = ("replay_head.", "hidden_projection.")  # modules attached for training only, removed before saving
 
 
 class TrainingDiverged(LmforgeError):
@@ -427,7 +428,9 @@ def fit(
             callbacks=callbacks,
             **trainer_kwargs,
         )
-        n_params = sum(p.numel() for p in model.parameters())
+        # the model's own parameters: not a training aid (finetune's replay head, distill's hidden projection)
+        n_params = sum(p.numel() for name, p in model.named_parameters()
+                       if not name.startswith(TRAINING_AIDS))
         if complete:
             log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
             trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
@@ -454,6 +457,9 @@ def fit(
         if seconds is None:  # a checkpoint without the whole run's time: report the part trained here, never more
             seconds, tokens = (runtime_this_process or None), tokens - tokens_before
         train_loss = whole_run_loss(trainer.state)
+        # the terms a trainer logs beside the loss (distill: kd_loss, ce_loss, hidden_loss), at the last log
+        terms = next((e for e in reversed(trainer.state.log_history) if "loss" in e and "step" in e), {})
+        terms = {k: v for k, v in terms.items() if k.endswith("_loss")}
         metrics: dict[str, Any] = {
             "steps": trainer.state.global_step,
             "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
@@ -463,6 +469,7 @@ def fit(
             "train_runtime_s": round(seconds, 2) if seconds else None,
             "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
             "precision": precision,
+            **({"train_loss_terms": terms} if terms else {}),
         }
         # the task loss is on one label word: its exponent is no perplexity; nor is MLM + NSP's (pretraining)
         perplexity = None if kind_of_model(model) == "pretraining" else \
