@@ -284,3 +284,18 @@ def test_the_encoder_profiles_pass_every_check(tmp_path, profile):
     check_across_sections(params, path)
     assert params.model.arch == "bert" and params.task.head == "classifier"
     assert params.pretrain.objective in ("mlm", "mlm_nsp") and params.distill.alpha_hidden > 0
+
+
+def test_the_replay_head_of_an_encoder_runs_on_the_masked_positions_only_with_the_same_loss():
+    from lmforge.training.objectives import masked_positions_nll, token_nll
+
+    torch.manual_seed(0)
+    head = bert_mlm().cls.predictions
+    hidden = torch.randn(3, 8, 32)
+    labels = torch.full((3, 8), IGNORE_INDEX)
+    labels[0, [1, 5]] = torch.tensor([7, 9])
+    labels[2, 3] = 11  # row 1 has no target
+    expected, expected_has = token_nll(head(hidden), labels, causal=False)
+    values, has = masked_positions_nll(head, hidden, labels)
+    torch.testing.assert_close(values, expected)
+    assert has.tolist() == expected_has.tolist() == [True, False, True]

@@ -91,6 +91,18 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> tu
     return per_example(nll, labels != IGNORE_INDEX)
 
 
+def masked_positions_nll(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll` of an MLM head run only on the masked positions (~15% of them): the vocabulary
+    projection is most of a small encoder's replay cost, and the other positions have no target."""
+    picked = labels != IGNORE_INDEX
+    nll = F.cross_entropy(head(hidden[picked]).float(), labels[picked], reduction="none")
+    rows = picked.nonzero()[:, 0]
+    counts = picked.sum(-1)
+    sums = torch.zeros(labels.size(0), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    return sums / counts.clamp(min=1), counts > 0
+
+
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the masked tokens, averaged per example (labels -100 except at masked positions)."""
     values, has_any = token_nll(logits, labels, causal=False)
@@ -142,7 +154,10 @@ def training_loss(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> tu
     class_labels = inputs.get("class_labels", torch.full_like(ids[:, 0], IGNORE_INDEX))
     row_loss, has = class_nll(outputs.logits, class_labels)
     if head is not None and (labels != IGNORE_INDEX).any():
-        lm_rows, lm_has = token_nll(head(body.hidden), labels, causal=not is_encoder(model.config.model_type))
+        if is_encoder(model.config.model_type):
+            lm_rows, lm_has = masked_positions_nll(head, body.hidden, labels)
+        else:
+            lm_rows, lm_has = token_nll(head(body.hidden), labels, causal=True)
         row_loss, has = torch.where(lm_has, lm_rows, row_loss), has | lm_has
     return row_loss[has].mean() if has.any() else row_loss.sum() * 0.0, outputs
 
