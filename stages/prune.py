@@ -25,7 +25,7 @@ def main() -> None:
     from lmforge.config import RecoveryConfig, TrainConfig
     from lmforge.evaluation import gate
     from lmforge.modeling.checks import load_model
-    from lmforge.modeling.family import is_classifier
+    from lmforge.modeling.family import head_of
     from lmforge.training import data
     from lmforge.training.distill import DistillationTrainer
     from lmforge.training.runner import fingerprint, fit, save_model
@@ -59,7 +59,7 @@ def main() -> None:
             max_grad_norm=1.0, logging_steps=max(1, recovery.max_steps // 10), eval_steps=recovery.max_steps,
             save_steps=max(1, recovery.max_steps // 2), eval_max_examples=VALIDATION_EXAMPLES, precision="fp32",
             attn_implementation="sdpa", optim="adamw_torch", torch_compile=False)
-        head = "classifier" if is_classifier(teacher) else "lm"  # as distill: the teacher's head
+        head = head_of(teacher)  # as distill: the teacher's
         train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed,
                                            head=head)
         eval_sets = data.eval_sets(VALIDATION_EXAMPLES, with_task=True, head=head, with_lm=head == "lm")

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from lmforge import paths, stage
 from lmforge.artifacts import atomic_dir, read_json
 from lmforge.compression import quantize
-from lmforge.compression.task_head import TaskModel, full_model_predictions
+from lmforge.compression.task_head import TaskModel, applies, full_model_predictions
 from lmforge.config import QuantizeConfig, stage_params
 from lmforge.errors import DataError
 from lmforge.evaluation import gate, metrics
@@ -132,7 +132,7 @@ def main() -> None:
             gate_result = gate.check("quantize", cfg.gate, gate.measure(quantized, val), gate.measure(teacher, val),
                                      str(target))
         task = {}
-        if cfg.task_model and is_classifier(model):
+        if cfg.task_model and not applies(model):
             log.info("quantize.task_model: a classifier (task.head=classifier) is its own task model: nothing to add")
         elif cfg.task_model:
             task = task_model(model, quantized, out, cfg, data)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from datasets import Dataset
 from test_config import ROOT
-from test_training import TEACHER, student_config
+from test_training import TEACHER, hidden_distance, student_config
 from transformers import (
     AutoTokenizer,
     BertConfig,
@@ -28,7 +28,7 @@ from lmforge.modeling.build import build_student, teacher_layer_map
 from lmforge.modeling.family import is_classifier, kind_of, kind_of_model
 from lmforge.modeling.pretrained import resolve_folder
 from lmforge.training.data import PadCollator
-from lmforge.training.distill import BlockOutputs, DistillationTrainer
+from lmforge.training.distill import DistillationTrainer
 from lmforge.training.losses import IGNORE_INDEX
 from lmforge.training.objectives import (
     TokenMasker,
@@ -206,17 +206,6 @@ def test_lm_rows_train_the_classifier_body_through_a_replay_head_that_is_not_sav
 # --- layer-wise distillation on an encoder ------------------------------------------------------------
 
 
-def hidden_distance(student, teacher, layer_map, ids) -> float:
-    outputs = BlockOutputs(student, list(range(len(layer_map)))), BlockOutputs(teacher, layer_map)
-    for model, blocks in zip((student, teacher), outputs, strict=True):
-        blocks.active = True
-        with torch.no_grad():
-            model(input_ids=ids)
-        blocks.active = False
-    s, t = (blocks.take() for blocks in outputs)
-    return sum(1 - torch.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(s, t, strict=True)) / len(s)
-
-
 @pytest.mark.parametrize("hidden_loss", ["mse", "cosine"])
 def test_hidden_state_kd_brings_a_bert_students_blocks_closer_to_the_teachers(tmp_path, hidden_loss):
     teacher = to_classifier(bert_mlm(layers=4, seed=3), [" negative", " positive"], PAD, seed=3).eval()
@@ -287,7 +276,7 @@ def test_the_encoder_profiles_pass_every_check(tmp_path, profile):
 
 
 def test_the_replay_head_of_an_encoder_runs_on_the_masked_positions_only_with_the_same_loss():
-    from lmforge.training.objectives import masked_positions_nll, token_nll
+    from lmforge.training.losses import masked_positions_nll, token_nll
 
     torch.manual_seed(0)
     head = bert_mlm().cls.predictions

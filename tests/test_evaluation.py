@@ -280,7 +280,7 @@ def test_unknown_model_name_is_a_config_error(layout):
 def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     """quantize.method=onnx_int8: evaluate measures models/quantized as an ORT session, same metrics."""
     from lmforge.compression import quantize
-    from lmforge.compression.onnx_int8 import OnnxCausalLM
+    from lmforge.compression.onnx_int8 import OnnxModel
     from lmforge.config import QuantizeConfig
 
     cfg = QuantizeConfig(method="onnx_int8", per_channel=True, include_lm_head=True, min_coverage=0.95,
@@ -294,7 +294,7 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     pruned.save_pretrained(paths.model_dir("pruned"))
     paths.model_dir("quantized").mkdir()
     quantize.quantize_to(pruned, paths.model_dir("quantized"), cfg)
-    assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxCausalLM)
+    assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxModel)
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[pruned,quantized]", "evaluate.precision=fp32"],
             conf_dir=REPO / "conf")
     run_stage()

@@ -88,7 +88,7 @@ def test_int8_graph_holds_int8_weights_and_one_shared_embedding(model, exported)
 
 def test_parameter_counts_of_the_onnx_model_match_torch(model, exported):
     folder, _ = exported
-    counted = count_parameters(onnx_int8.OnnxCausalLM(folder, threads=1))
+    counted = count_parameters(onnx_int8.OnnxModel(folder, threads=1))
     expected = count_parameters(model)
     assert counted["parameters"] == expected["parameters"]
     assert counted["non_embedding_parameters"] == expected["non_embedding_parameters"]
@@ -168,7 +168,7 @@ def test_task_model_predicts_what_the_full_model_predicts(model, tmp_path, quant
         onnx_int8.quantize_onnx(onnx_int8.export_onnx(model, full_path / "fp32.onnx", max_len=64),
                                 full_path / "model.onnx", per_channel=True)
         model.config.save_pretrained(full_path)
-        full = full_model_predictions(onnx_int8.OnnxCausalLM(full_path, threads=1), ids, mask, label_ids)
+        full = full_model_predictions(onnx_int8.OnnxModel(full_path, threads=1), ids, mask, label_ids)
     assert torch.equal(scores.argmax(-1), full)
 
 
@@ -195,7 +195,7 @@ def test_a_llama_family_model_exports_quantizes_and_agrees(tmp_path):
     int8 = ort_logits(tmp_path / "model.onnx", ids, mask)
     assert (int8 - expected)[real].abs().max() < INT8_REL * expected[real].abs().max()
     llama.config.save_pretrained(tmp_path)
-    counted, expected_counts = count_parameters(onnx_int8.OnnxCausalLM(tmp_path, threads=1)), count_parameters(llama)
+    counted, expected_counts = count_parameters(onnx_int8.OnnxModel(tmp_path, threads=1)), count_parameters(llama)
     assert counted["parameters"] == expected_counts["parameters"]
     assert counted["non_embedding_parameters"] == expected_counts["non_embedding_parameters"]
 
@@ -230,7 +230,7 @@ def test_blockwise_int8_is_closer_than_per_tensor_int8_on_a_model_with_an_outlie
     assert reports["blockwise"]["coverage"] >= 0.95 and reports["blockwise"]["block_size"] == 32
     model.config.save_pretrained(tmp_path)
     (tmp_path / onnx_int8.MODEL_FILE).write_bytes((tmp_path / "blockwise.onnx").read_bytes())
-    counts = count_parameters(onnx_int8.OnnxCausalLM(tmp_path, threads=1))
+    counts = count_parameters(onnx_int8.OnnxModel(tmp_path, threads=1))
     # the head is untied from the embedding here: two matrices of VOCAB x WIDTH, one of them an embedding
     torch_counts = count_parameters(outlier)
     assert counts["non_embedding_parameters"] >= torch_counts["non_embedding_parameters"] + VOCAB * WIDTH

@@ -16,11 +16,15 @@ STAGES = ["validate", "base", "preprocess", "pretrain", "finetune", "distill", "
 pytestmark = pytest.mark.slow
 
 
+def profile_repo(tmp_path_factory, profile: str) -> tuple[Path, dict]:
+    """A git repository holding the project's files (committed or not), with params.yaml for `profile`."""
+    dest = tmp_path_factory.mktemp(f"e2e-{profile}") / "repo"
+    return dest, make_repo(dest, [f"profile={profile}"])
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
-    """A git repository holding the project's files (committed or not), with params.yaml for profile=tiny."""
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    return dest, make_repo(dest, ["profile=tiny"])
+    return profile_repo(tmp_path_factory, "tiny")
 
 
 def test_repro_runs_every_stage_then_nothing(repo):
@@ -65,8 +69,7 @@ def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_on
 
 @pytest.fixture(scope="module")
 def encoder_repo(tmp_path_factory) -> tuple[Path, dict]:
-    dest = tmp_path_factory.mktemp("e2e-encoder") / "repo"
-    return dest, make_repo(dest, ["profile=tiny_encoder"])
+    return profile_repo(tmp_path_factory, "tiny_encoder")
 
 
 def test_the_encoder_chain_runs_every_stage_then_nothing(encoder_repo):

@@ -442,9 +442,6 @@ class OnnxModel:
             yield name, numpy_helper.to_array(init), zero_point, name in gathered
 
 
-OnnxCausalLM = OnnxModel  # the name it had when only causal LMs were exported
-
-
 # --------------------------------------------------------------------------------------------------
 # The task-only model (lmforge.compression.task_head.TaskModel) in ONNX
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig, Params
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.evaluation.external import load_external_sets
+from lmforge.evaluation.report import format_value
 from lmforge.modeling.family import is_encoder, kind_of
 from lmforge.modelio import load_weights
 from lmforge.training.objectives import nsp_pairs
@@ -99,14 +100,13 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
         row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
         row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
     elif kind in ("masked", "pretraining"):  # an encoder's LM: the same masked positions for every model
-        tokenizer = _tokenizer()
+        tokenizer = _tokenizer()  # its [MASK], [CLS] and [SEP]
         masked = {"mask_token_id": tokenizer.mask_token_id, "special_ids": tokenizer.all_special_ids, "seed": seed}
         row["ppl_general"] = metrics.masked_perplexity(model, general, EVAL_BATCH_SIZE, **masked)
         row["ppl_domain"] = metrics.masked_perplexity(model, domain, EVAL_BATCH_SIZE, **masked)
     else:  # a classifier has no LM head
         row["ppl_general"] = row["ppl_domain"] = None
     if kind == "pretraining":
-        tokenizer = _tokenizer()
         pairs = nsp_pairs(datasets.Dataset.from_dict({"input_ids": general}), tokenizer.cls_token_id,
                           tokenizer.sep_token_id, seed)
         row["nsp_accuracy"] = metrics.nsp_accuracy(model, pairs, EVAL_BATCH_SIZE)
@@ -127,14 +127,10 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
     row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
                                              cfg.throughput_runs, vocab_size, threads=cfg.threads,
                                              seed=seed)
-    log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, "
-             "%.0f tokens/s", name, _fmt(row["ppl_general"]), _fmt(row["ppl_domain"]),
+    log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, %.0f tokens/s", name,
+             format_value(row["ppl_general"], "{:.2f}"), format_value(row["ppl_domain"], "{:.2f}"),
              row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
     return row
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _width(model_config: dict) -> int:

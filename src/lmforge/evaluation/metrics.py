@@ -22,6 +22,8 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from lmforge.training.losses import MLM_PROBABILITY
+
 # GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary);
 # BERT's token, position and token-type embeddings
 EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens", "word_embeddings", "position_embeddings", "token_type_embeddings")
@@ -73,7 +75,7 @@ def pad_id_of(model: nn.Module) -> int:
 @torch.inference_mode()
 def masked_perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batch_size: int,
                       mask_token_id: int, special_ids: Sequence[int], seed: int = 0,
-                      probability: float = 0.15) -> float:
+                      probability: float = MLM_PROBABILITY) -> float:
     """Masked-token perplexity of an encoder: exp of the mean NLL of the original tokens at `probability` of
     each block's non-special positions, all replaced by [MASK]. The positions depend on `seed` and the
     blocks only, so every model is scored on the same ones (unlike training's random 80/10/10 masking)."""
@@ -188,7 +190,7 @@ def _onnx_counts(model) -> dict[str, int]:
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Total, non-embedding (without wte / wpe / embed_tokens) and non-zero parameters, int8 weights included."""
-    if hasattr(model, "weight_arrays"):  # an ONNX model (lmforge.compression.onnx_int8.OnnxCausalLM)
+    if hasattr(model, "weight_arrays"):  # an ONNX model (lmforge.compression.onnx_int8.OnnxModel)
         return _onnx_counts(model)
     total = non_embedding = nonzero = 0
     with torch.inference_mode():

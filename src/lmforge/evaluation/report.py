@@ -135,12 +135,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
     for name, r in models.items():
         ppl = "{:.2f} (masked)" if r.get("ppl_kind") == "masked-token" else "{:.2f}"
         cells = [name, f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
-                 f"{r['bytes_on_disk'] / MB:.3f}", _fmt(r["ppl_general"], ppl), _fmt(r["ppl_domain"], ppl),
-                 _fmt(r["accuracy"], "{:.3f}"), _fmt(r["accuracy_retention"], "{:.2f}"),
-                 _fmt(r["latency_p50_ms"], "{:.2f}"), _fmt(r["speedup_p50"], "{:.2f}x"),
-                 _fmt(r["tokens_per_s"], "{:,.0f}"),
+                 f"{r['bytes_on_disk'] / MB:.3f}", format_value(r["ppl_general"], ppl),
+                 format_value(r["ppl_domain"], ppl),
+                 format_value(r["accuracy"], "{:.3f}"), format_value(r["accuracy_retention"], "{:.2f}"),
+                 format_value(r["latency_p50_ms"], "{:.2f}"), format_value(r["speedup_p50"], "{:.2f}x"),
+                 format_value(r["tokens_per_s"], "{:,.0f}"),
                  " + ".join(axis for axis in ("size", "latency") if name in fronts[axis]) or "-"]
-        cells += [_fmt(r.get("external_accuracy", {}).get(name), "{:.3f}") for name in external]
+        cells += [format_value(r.get("external_accuracy", {}).get(name), "{:.3f}") for name in external]
         label = f"**{name}** (recommended)" if name == rec["model"] else name
         lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
@@ -195,8 +196,8 @@ def recommendation_text(results: dict[str, Any]) -> str:
         return f"None: {rec['reason']}."
     name, r = rec["model"], models[rec["model"]]
     text = (f"**{name}**: the fastest model inside the gate ({limits}; `evaluate.gate`): accuracy {r['accuracy']:.3f}, "
-            f"{r['bytes_on_disk'] / MB:.2f} MB, p50 {r['latency_p50_ms']:.2f} ms ({_fmt(r['speedup_p50'], '{:.2f}x')} "
-            f"the {REFERENCE}'s speed).")
+            f"{r['bytes_on_disk'] / MB:.2f} MB, p50 {r['latency_p50_ms']:.2f} ms "
+            f"({format_value(r['speedup_p50'], '{:.2f}x')} the {REFERENCE}'s speed).")
     others = [n for n in rec["equally_fast"] if n != name]
     if others:
         text += (f" {', '.join(others)} {'is' if len(others) == 1 else 'are'} within {NOISE:.0%} of its latency "
@@ -232,7 +233,7 @@ def reading(results: dict[str, Any]) -> str:
                        f"({majority:.3f}).")
     if "teacher" in models and "student" in models:
         s, t = models["student"], models["teacher"]
-        retention = _fmt(s["accuracy_retention"], "{:.0%}")
+        retention = format_value(s["accuracy_retention"], "{:.0%}")
         out.append(f"Distillation keeps {retention} of the teacher's accuracy with "
                    f"{s['parameters'] / t['parameters']:.0%} of its parameters, at "
                    f"{s['speedup_p50']:.2f}x its speed (p50).")
@@ -323,5 +324,6 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def _fmt(value: float | None, pattern: str) -> str:
+def format_value(value: float | None, pattern: str) -> str:
+    """`pattern` filled with `value`, or "-" for a value a model does not have (a classifier's perplexity)."""
     return "-" if value is None else pattern.format(value)

@@ -65,8 +65,8 @@ def kind_of_model(model: Any) -> str:
     if not hasattr(model, "config"):
         return kind_of(model)
     name = type(model).__name__
-    if name.startswith("Onnx") or not name.endswith(("ForSequenceClassification", "ForPreTraining",
-                                                      "ForMaskedLM", "ForCausalLM", "LMHeadModel")):
+    if not name.endswith(("ForSequenceClassification", "ForPreTraining", "ForMaskedLM", "ForCausalLM",
+                          "LMHeadModel")):
         return kind_of(model.config)  # wrappers (ONNX, torch.compile) and bare encoders: go by the config
     return kind_of({"architectures": [name], "model_type": model.config.model_type})
 
@@ -74,3 +74,8 @@ def kind_of_model(model: Any) -> str:
 def is_classifier(model: Any) -> bool:
     """A model (or config) whose output is one row of label logits per sequence."""
     return kind_of_model(model) == "classifier"
+
+
+def head_of(model: Any) -> str:
+    """The `task.head` a model of the chain carries: classifier, or lm (the label word scored by the LM head)."""
+    return "classifier" if is_classifier(model) else "lm"

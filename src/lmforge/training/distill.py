@@ -31,7 +31,7 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
 from lmforge.modeling.checks import load_model
-from lmforge.modeling.family import is_classifier
+from lmforge.modeling.family import head_of, is_classifier
 from lmforge.training import data
 from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
@@ -181,7 +181,7 @@ def distill(params: Params) -> dict[str, Any]:
              student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
 
     examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
-    head = "classifier" if is_classifier(teacher) else "lm"  # the teacher's, set by finetune (task.head)
+    head = head_of(teacher)  # set by finetune (task.head)
     train_set = data.mixture_train_set(cfg.mixture, examples, params.seed, head=head)
     # a classifier student has no LM head: its validation loss is the task's alone
     eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True, head=head, with_lm=head == "lm")

@@ -1,4 +1,4 @@
-"""Losses over next-token positions, averaged per example.
+"""Losses over next-token (or masked-token) positions, averaged per example.
 
 A mixture batch holds LM blocks (every token is a target) and task examples (only the label word
 is). A token-level mean would give a task example 1/63 of a block's weight, whatever the mixture
@@ -12,22 +12,54 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # label value the loss skips
+MLM_PROBABILITY = 0.15  # BERT's: of the real tokens of a block, this share is masked and predicted
+
+
+def per_example(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of each row's masked values, whether the row has any): a row without targets contributes nothing."""
+    mask = mask.to(values.dtype)
+    counts = mask.sum(-1)
+    return (values * mask).sum(-1) / counts.clamp(min=1), counts > 0
 
 
 def per_example_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each example's masked positions, then over the examples that have any."""
-    mask = mask.to(values.dtype)
-    counts = mask.sum(-1)
-    has_any = counts > 0
-    return ((values * mask).sum(-1)[has_any] / counts[has_any]).mean()
+    rows, has_any = per_example(values, mask)
+    return rows[has_any].mean()
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean NLL of the targets (labels, -100 = skip): the next token (causal) or the masked token itself
+    (encoder), and whether the row has any."""
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view_as(labels)
+    return per_example(nll, labels != IGNORE_INDEX)
+
+
+def masked_positions_nll(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll` of an MLM head run only on the masked positions (~15% of them): the vocabulary
+    projection is most of a small encoder's replay cost, and the other positions have no target."""
+    picked = labels != IGNORE_INDEX
+    nll = F.cross_entropy(head(hidden[picked]).float(), labels[picked], reduction="none")
+    rows = picked.nonzero()[:, 0]
+    counts = picked.sum(-1)
+    sums = torch.zeros(labels.size(0), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    return sums / counts.clamp(min=1), counts > 0
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each next token, averaged per example (labels are the inputs, -100 = skip)."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
-    return per_example_mean(nll, targets != IGNORE_INDEX)
+    rows, has_any = token_nll(logits, labels, causal=True)
+    return rows[has_any].mean()
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the masked tokens, averaged per example (labels -100 except at masked positions)."""
+    rows, has_any = token_nll(logits, labels, causal=False)
+    return rows[has_any].mean()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,

@@ -9,8 +9,8 @@
                  (domain text, general replay) train the body through the LM head of the model it came from,
                  held as `replay_head` while finetune runs and removed before the model is saved
 
-Every loss is averaged per example first (lmforge.training.losses), so the mixture weights are each
-source's share of the gradient whatever the objective.
+Every loss is averaged per example first (the token losses live in lmforge.training.losses), so the
+mixture weights are each source's share of the gradient whatever the objective.
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.modeling.family import is_encoder, kind_of_model
-from lmforge.training.losses import IGNORE_INDEX, lm_loss
-
-MLM_PROBABILITY = 0.15  # BERT's: of the real tokens of a block, this share is predicted
+from lmforge.training.losses import (
+    IGNORE_INDEX,
+    MLM_PROBABILITY,
+    lm_loss,
+    masked_lm_loss,
+    masked_positions_nll,
+    token_nll,
+)
 
 
 class TokenMasker:
@@ -73,40 +78,6 @@ def nsp_pairs(blocks: Dataset, cls_id: int, sep_id: int, seed: int) -> Dataset:
 # --------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------
-
-
-def per_example(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean of each row's masked values, whether the row has any): a row without targets contributes nothing."""
-    mask = mask.to(values.dtype)
-    counts = mask.sum(-1)
-    return (values * mask).sum(-1) / counts.clamp(min=1), counts > 0
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row mean NLL of the targets: the next token (causal) or the masked token itself (encoder)."""
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="none").view_as(labels)
-    return per_example(nll, labels != IGNORE_INDEX)
-
-
-def masked_positions_nll(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`token_nll` of an MLM head run only on the masked positions (~15% of them): the vocabulary
-    projection is most of a small encoder's replay cost, and the other positions have no target."""
-    picked = labels != IGNORE_INDEX
-    nll = F.cross_entropy(head(hidden[picked]).float(), labels[picked], reduction="none")
-    rows = picked.nonzero()[:, 0]
-    counts = picked.sum(-1)
-    sums = torch.zeros(labels.size(0), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
-    return sums / counts.clamp(min=1), counts > 0
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the masked tokens, averaged per example (labels -100 except at masked positions)."""
-    values, has_any = token_nll(logits, labels, causal=False)
-    return values[has_any].mean()
 
 
 def class_nll(logits: torch.Tensor, class_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
