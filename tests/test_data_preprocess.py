@@ -187,9 +187,8 @@ def test_label_word_must_be_one_token(tmp_path, monkeypatch):
 
 def test_label_words_must_be_distinct(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = tiny_params(tmp_path, label_words=[" positive", " positive"])
     with pytest.raises(ConfigError, match="at least 2 distinct"):
-        preprocess(params)
+        preprocess(tiny_params(tmp_path, label_words=[" positive", " positive"]))  # refused by validation
 
 
 def test_stage_exits_2_with_a_clear_error(tmp_path):

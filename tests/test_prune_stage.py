@@ -140,5 +140,5 @@ def test_an_impossible_combination_is_refused_before_any_work(work):
     result = run_stage(work, "prune", "prune.method=[wanda,lowrank]", "prune.amount=0.5", "prune.ffn=null",
                        "prune.heads=null", "prune.layers=null", "prune.rank_ratio=0.5", "prune.activation_aware=true")
     assert result.returncode == 2
-    assert "error: prune.method: wanda and lowrank cannot be combined" in result.stderr
+    assert "'prune.method': ['wanda', 'lowrank'] (wanda and lowrank cannot be combined" in result.stderr
     assert not (work / "models/pruned").exists()

@@ -24,6 +24,10 @@ def spec(*, ge: float | None = None, le: float | None = None, gt: float | None =
 # --------------------------------------------------------------------------------------------------
 
 
+# the builders of `datasets.load_dataset` a local corpus (data=local, CorpusConfig.path) may name
+LOCAL_FORMATS = ("text", "csv", "tsv", "json", "jsonl", "parquet")
+
+
 @dataclass
 class CorpusConfig:
     """One real corpus, read by `datasets.load_dataset(path, name, data_files=..., split=...)`.
@@ -203,11 +207,15 @@ class CalibrationConfig:
 
 
 PRUNE_METHODS = ("l1_unstructured", "wanda", "structured", "lowrank")
+# the prune.* keys each method reads; a key no selected method reads must be null (lmforge.config.rules)
+PRUNE_METHOD_KEYS = {"l1_unstructured": ("amount",), "wanda": ("amount", "n_m"),
+                     "structured": ("heads", "ffn", "layers"), "lowrank": ("rank_ratio", "energy", "activation_aware")}
+UNSTRUCTURED_METHODS = ("l1_unstructured", "wanda")  # both zero weights of the same layers: never combined
 
 
 @dataclass
 class PruneConfig:
-    """Keys a method does not use must be null (checked by lmforge.compression.methods.check)."""
+    """Keys a method does not use must be null (checked by lmforge.config.rules.check_prune)."""
 
     method: list[str] = spec()  # applied in order, from PRUNE_METHODS, e.g. [structured, lowrank]
     amount: float | None = spec(gt=0.0, lt=1.0)  # l1_unstructured, wanda: fraction of each layer's weights zeroed
