@@ -132,3 +132,40 @@ def test_a_student_larger_than_its_teacher_is_refused(tmp_path, key, value, mess
     params = stage_params("model", "student", path=edited(tmp_path, "student", "n_layer", 2))
     with pytest.raises(ConfigError, match="must not be larger than its teacher"):
         student_shape(params.model, dataclasses.replace(params.student, **{key: value}))
+
+
+OPTION_FILES = sorted(p for p in (ROOT / "conf").glob("*/*.yaml")
+                      if p.parent.name not in ("accelerate", "train") and p.stem != "common")
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}={p.stem}")
+def test_every_option_file_starts_with_the_command_that_selects_it(path):
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
+    group, option = path.parent.name, path.stem
+    assert lines[0].startswith("# ") and f"{group}={option}" in lines[0], f"{path}: first line {lines[0]!r}"
+    if group == "profile":
+        assert "make params" in lines[0] or "dvc exp run" in lines[0]
+    else:
+        assert f"dvc exp run -S {group}={option}" in lines[0]
+
+
+def test_conf_says_the_step_budget_and_the_gates_once(tmp_path):
+    """Profiles choose a steps and a gates option instead of restating training-step keys and gate blocks;
+    the keys the steps group sets are left open (???) in conf/train/base.yaml."""
+    budget = ("max_steps", "batch_size", "warmup_steps", "logging_steps", "eval_steps", "save_steps",
+              "eval_max_examples")
+    base = yaml.safe_load((ROOT / "conf/train/base.yaml").read_text())
+    assert all(base[key] == "???" for key in budget)
+    for profile in (ROOT / "conf/profile").glob("*.yaml"):
+        raw = yaml.safe_load(profile.read_text())
+        for stage in ("pretrain", "finetune", "distill"):
+            restated = set(raw.get(stage) or {}) & {*budget, "precision", "optim", "torch_compile"}
+            assert not restated, f"{profile.name}: {stage}.{sorted(restated)} belong in conf/steps/"
+        gates = [stage for stage in ("distill", "prune", "quantize") if "gate" in (raw.get(stage) or {})]
+        assert not gates, f"{profile.name}: {gates[0]}.gate belongs in conf/gates/"
+    text = "\n".join(p.read_text() for p in (ROOT / "conf").rglob("*.yaml"))
+    assert len(re.findall(r"^\s*max_accuracy_drop: 0\.05", text, re.M)) == 1  # the stages' gate, once
+    disabled = stage_params(*SECTIONS, path=composed(tmp_path, "gates=disabled"))
+    assert disabled.distill.gate is None and disabled.prune.gate is None and disabled.quantize.gate is None
+    tiny = stage_params(*SECTIONS, path=composed(tmp_path, "steps=tiny"))
+    assert tiny.pretrain.max_steps == tiny.finetune.max_steps == tiny.distill.max_steps == 6
