@@ -50,10 +50,14 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def prune_config(method: list[str], **values) -> PruneConfig:
     keys = dict.fromkeys(("amount", "n_m", "heads", "ffn", "layers", "rank_ratio", "energy", "activation_aware"))
     kd = KDConfig(temperature=2.0, alpha_kd=0.5, alpha_ce=0.5)
-    recovery = RecoveryConfig(max_steps=0, batch_size=4, learning_rate=1e-3, kd=kd,
+    recovery = RecoveryConfig(max_steps=0, batch_size=4, grad_accum_steps=1, learning_rate=1e-3, lr_scheduler="cosine",
+                              warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=None,
+                              eval_steps=None, save_steps=None, eval_max_examples=8, precision="fp32",
+                              attn_implementation="sdpa", optim="adamw_torch", torch_compile=False, kd=kd,
                               mixture=MixtureConfig(domain=1.0, task=1.0, general=1.0))
     return PruneConfig(method=method, **{**keys, **values}, calibration=CalibrationConfig(samples=8, batch_size=4),
-                       recovery=recovery, gate=GateConfig(max_accuracy_drop=None, max_ppl_ratio=None))
+                       validation_examples=8, recovery=recovery,
+                       gate=GateConfig(max_accuracy_drop=None, max_ppl_ratio=None))
 
 
 def train_steps(model: nn.Module, steps: int = 3) -> None:

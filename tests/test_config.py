@@ -169,3 +169,24 @@ def test_conf_says_the_step_budget_and_the_gates_once(tmp_path):
     assert disabled.distill.gate is None and disabled.prune.gate is None and disabled.quantize.gate is None
     tiny = stage_params(*SECTIONS, path=composed(tmp_path, "steps=tiny"))
     assert tiny.pretrain.max_steps == tiny.finetune.max_steps == tiny.distill.max_steps == 6
+
+
+@pytest.mark.parametrize(("overrides", "steps"), [((), 100), (("profile=tiny",), 3), (("profile=smollm2",), 1)])
+def test_prune_recovery_is_a_training_run_composed_from_train_base(tmp_path, overrides, steps):
+    """prune.recovery carries every training key (conf/train/base.yaml, with what differs in conf/prune/common.yaml)
+    and `train_config()` is the TrainConfig the prune stage built from literals before (precision: base's auto)."""
+    from lmforge.config import TrainConfig
+
+    prune = stage_params("prune", path=composed(tmp_path, *overrides)).prune
+    recovery = prune.recovery
+    assert prune.validation_examples == 256 and recovery.max_steps == steps
+    assert recovery.train_config() == TrainConfig(
+        max_steps=steps, batch_size=recovery.batch_size, grad_accum_steps=1, learning_rate=recovery.learning_rate,
+        lr_scheduler="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=max(1, steps // 10), eval_steps=steps, save_steps=max(1, steps // 2),
+        eval_max_examples=256, precision="auto", attn_implementation="sdpa", optim="adamw_torch",
+        torch_compile=False)
+    explicit = dataclasses.replace(recovery, logging_steps=7, eval_steps=8, save_steps=9).train_config()
+    assert (explicit.logging_steps, explicit.eval_steps, explicit.save_steps) == (7, 8, 9)
+    shared = stage_params("prune", path=composed(tmp_path, *overrides, "prune.recovery.optim=adamw_torch_fused"))
+    assert shared.prune.recovery.train_config().optim == "adamw_torch_fused"

@@ -7,7 +7,7 @@ another are in lmforge.config.rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PARAMS_FILE = "params.yaml"
@@ -188,14 +188,25 @@ class DistillConfig(FinetuneConfig):
 
 
 @dataclass
-class RecoveryConfig:
-    """Short KD fine-tuning from the teacher after pruning, with the pruned structure held fixed."""
+class RecoveryConfig(TrainConfig):
+    """Short KD fine-tuning from the teacher after pruning, with the pruned structure held fixed: a training run
+    of conf/train/base.yaml's keys (conf/prune/common.yaml sets what differs, conf/steps/ the budget), with
+    distill's loss and finetune's mixture. A null step count is derived from max_steps, so that a longer or
+    shorter recovery (`-S prune.recovery.max_steps=N`) still logs, evaluates and saves in proportion."""
 
     max_steps: int = spec(ge=0)  # 0: no recovery
-    batch_size: int = spec(ge=1)
-    learning_rate: float = spec(gt=0.0, le=1.0)
+    logging_steps: int | None = spec(ge=1)  # null: max_steps // 10 (at least 1)
+    eval_steps: int | None = spec(ge=1)  # null: max_steps (one evaluation, at the end)
+    save_steps: int | None = spec(ge=1)  # null: max_steps // 2 (at least 1)
     kd: KDConfig = spec()
     mixture: MixtureConfig = spec()
+
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig of the recovery run (the runner's), with the null step counts derived."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
+        derived = {"logging_steps": max(1, self.max_steps // 10), "eval_steps": self.max_steps,
+                   "save_steps": max(1, self.max_steps // 2)}
+        return TrainConfig(**{**values, **{k: v for k, v in derived.items() if values[k] is None}})
 
 
 @dataclass
@@ -227,6 +238,8 @@ class PruneConfig:
     energy: float | None = spec(gt=0.0, lt=1.0)  # lowrank: smallest rank keeping this share of sigma^2
     activation_aware: bool | None = spec()  # lowrank: scale input columns by activation RMS before the SVD
     calibration: CalibrationConfig = spec()
+    # validation LM blocks per corpus and task examples: the recovery run's evaluation, the gate and the metrics
+    validation_examples: int = spec(ge=1)
     recovery: RecoveryConfig = spec()
     gate: GateConfig | None = spec()  # null: no gate
 
