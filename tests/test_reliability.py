@@ -304,13 +304,13 @@ def test_make_params_keeps_its_overrides_for_dvc_exp_run_and_refuses_under_a_run
     import yaml
     from dvc.utils.hydra import compose_and_dump
 
-    result, copy = make_params_in_copy(tmp_path, "profile=tiny", "prune.amount=0.6")
+    result, copy = make_params_in_copy(tmp_path, "profile=tiny", "prune.ffn=0.6")
     assert result.returncode == 0, result.stderr
     # what `dvc exp run -S quantize.per_channel=false` composes: conf/ (with make_params.yaml) + its override
     compose_and_dump(str(copy / "exp.yaml"), str(copy / "conf"), None, "config", "", ["quantize.per_channel=false"])
     exp = yaml.safe_load((copy / "exp.yaml").read_text())
     assert exp["model"]["n_layer"] == 2, "the profile make params set was dropped"
-    assert exp["prune"]["amount"] == 0.6 and exp["quantize"]["per_channel"] is False
+    assert exp["prune"]["ffn"] == 0.6 and exp["quantize"]["per_channel"] is False
     assert yaml.safe_load((copy / "params.yaml").read_text())["model"]["n_layer"] == 2
 
     # a DVC command holds the repository lock: make params refuses, and rewrites nothing
@@ -322,7 +322,7 @@ def test_make_params_keeps_its_overrides_for_dvc_exp_run_and_refuses_under_a_run
     repo = Repo(str(copy))
     with repo.lock:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        refused = subprocess.run([sys.executable, "-m", "lmforge.compose", "prune.amount=0.7"], cwd=copy, env=env,
+        refused = subprocess.run([sys.executable, "-m", "lmforge.compose", "prune.ffn=0.7"], cwd=copy, env=env,
                                  capture_output=True, text=True, timeout=120)
     repo.close()
     assert refused.returncode == 2
