@@ -56,8 +56,9 @@ def run(main: Callable[[], object]) -> None:
                                f"`dvc exp run`?): {kept}outputs made with the old parameters must not be recorded "
                                "by DVC; run `dvc repro` again")
 
-    lock = lock_stage(stage) if stage in LOCKED_IN_RUN and is_main_process() else None
+    lock = None
     try:
+        lock = lock_stage(stage) if stage in LOCKED_IN_RUN and is_main_process() else None
         with guard_replacements(params_unchanged):
             main()
             params_unchanged()
