@@ -201,7 +201,8 @@ def require_utf8(args: argparse.Namespace) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             byte = ord(text[exc.start]) - 0xDC00  # the undecodable byte, as surrogateescape keeps it
-            raise DataError(f"the {what} argument {text.encode('utf-8', 'backslashreplace').decode()!r} is not "
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # caf\xff
+            raise DataError(f"the {what} argument '{shown}' is not "
                             f"UTF-8 text (byte 0x{byte:02x} at character {exc.start}); pass UTF-8 (a UTF-8 "
                             "terminal, or the texts in a UTF-8 file with --file)") from None
 
