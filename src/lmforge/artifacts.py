@@ -80,6 +80,8 @@ def explain_write_errors(path: str | Path) -> Iterator[None]:
     kept = f"nothing was replaced ({path} is as it was)" if path.exists() else f"nothing was written to {path}"
     try:
         yield
+    except OutputError:  # already explained (a nested write)
+        raise
     except OSError as exc:
         where = Path(exc.filename) if isinstance(exc.filename, (str, Path)) else path
         writing_here = where.resolve().parent == path.resolve().parent or path.resolve().parent in \
