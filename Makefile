@@ -31,6 +31,10 @@ TEST_WORKERS ?= 2
 test: setup
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
+# make params ARGS="key=value ..."   compose params.yaml from conf/ + overrides (kept in conf/make_params.yaml)
+# make params ARGS=--keep            recompose it from conf/ + the kept overrides, always writing: the recovery
+#                                    after a refused `dvc exp run -S key=bad` (git may not see the bad value)
+# Both refuse while a stage runs (its lock in checkpoints/<stage>.lock).
 params: setup
 	python -m lmforge.compose $(ARGS)
 

@@ -92,6 +92,11 @@ def predict(args: argparse.Namespace) -> None:
     else:
         for text, r in zip(texts, results, strict=True):
             print(f"{r['label']}\t{r['probability']:.3f}\t{text}")
+    cut = sum(r["truncated"] for r in results)
+    if cut:
+        print(f"note: {cut} of {len(results)} texts were longer than the model reads "
+              f"(max_prompt_tokens={model.task['max_prompt_tokens']}): each was classified on its end"
+              + (" (`truncated` in the JSON lines)" if args.output else ""), file=sys.stderr)
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -186,6 +191,22 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def require_utf8(args: argparse.Namespace) -> None:
+    """Texts and prompts given on the command line must be text: bytes that are not UTF-8 reach Python as
+    lone surrogates (PEP 383), which no tokenizer accepts."""
+    given = [("text", t) for t in getattr(args, "texts", None) or []]
+    given += [("prompt", args.prompt)] if isinstance(getattr(args, "prompt", None), str) else []
+    for what, text in given:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = ord(text[exc.start]) - 0xDC00  # the undecodable byte, as surrogateescape keeps it
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # caf\xff
+            raise DataError(f"the {what} argument '{shown}' is not "
+                            f"UTF-8 text (byte 0x{byte:02x} at character {exc.start}); pass UTF-8 (a UTF-8 "
+                            "terminal, or the texts in a UTF-8 file with --file)") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     for name in ("batch_size", "max_new_tokens"):
@@ -202,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        require_utf8(args)
         args.run(args)
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,8 +8,13 @@
   (`make params` with no overrides empties it again);
 - the result is validated (every section, then the checks across sections) before anything is
   written: on a bad value it prints one line and leaves params.yaml and conf/ as they were;
-- it holds DVC's repository lock while it writes, so it refuses to rewrite params.yaml under a running
-  `dvc repro` / `dvc exp run`.
+- it holds DVC's repository lock while it writes, and refuses while any stage holds its lock
+  (checkpoints/<stage>.lock: DVC releases its own lock while a stage's command runs), so it never
+  rewrites params.yaml under a running `dvc repro` / `dvc exp run`;
+- `--keep` recomposes params.yaml from conf/ with the overrides already kept in conf/make_params.yaml,
+  and always writes it: the recovery after a refused `dvc exp run -S key=bad`, which leaves the rejected
+  composition in params.yaml (where `git checkout params.yaml` may see nothing to restore: a value of the
+  same size, and git trusts its stat cache).
 """
 
 from __future__ import annotations
@@ -99,6 +104,16 @@ def dvc_lock(root: Path) -> Iterator[None]:
         repo.close()
 
 
+def refuse_while_a_stage_runs(root: Path) -> None:
+    """A stage's lock (lmforge.stage.lock_stage) is held for its whole command, while DVC's is not."""
+    from lmforge.stage import running_stages
+
+    running = running_stages(root)
+    if running:
+        raise ConfigError(f"make params: a stage is running ({', '.join(running)}); params.yaml is not rewritten "
+                          "while a stage runs (its outputs would not match it): wait for it to finish")
+
+
 def one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
@@ -117,8 +132,9 @@ def explain_composition_error(exc: Exception, conf_dir: Path) -> str:
     return f"make params: {one_line(message)}"
 
 
-def make_params(overrides: list[str], root: str | Path = ".") -> None:
-    """`make params`: compose conf/ + `overrides`, validate, then write conf/make_params.yaml and params.yaml."""
+def make_params(overrides: list[str] | None, root: str | Path = ".") -> None:
+    """`make params`: compose conf/ + `overrides`, validate, then write conf/make_params.yaml and params.yaml.
+    `overrides` None: keep conf/make_params.yaml as it is and recompose params.yaml from it (`--keep`)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -127,7 +143,12 @@ def make_params(overrides: list[str], root: str | Path = ".") -> None:
 
     root = Path(root)
     conf_dir, output = root / CONF_DIR, root / PARAMS_FILE
-    persisted = persisted_overrides(overrides, conf_dir)
+    refuse_while_a_stage_runs(root)
+    if overrides is None:
+        kept = conf_dir / PERSISTED
+        persisted = kept.read_text(encoding="utf-8") if kept.is_file() else PERSISTED_HEADER
+    else:
+        persisted = persisted_overrides(overrides, conf_dir)
     with dvc_lock(root), tempfile.TemporaryDirectory() as tmp:
         trial_conf, trial = Path(tmp) / "conf", Path(tmp) / PARAMS_FILE
         shutil.copytree(conf_dir, trial_conf)
@@ -137,16 +158,23 @@ def make_params(overrides: list[str], root: str | Path = ".") -> None:
         except (HydraException, OmegaConfBaseException, ValueError) as exc:
             raise ConfigError(explain_composition_error(exc, trial_conf)) from exc
         validate_params(load_params(trial), PARAMS_FILE)
+        refuse_while_a_stage_runs(root)  # again: a stage may have started while this one composed
         write_text(conf_dir / PERSISTED, persisted)
         write_text(output, trial.read_text(encoding="utf-8"))
 
 
 def main(argv: list[str]) -> int:
+    keep = argv == ["--keep"]
     try:
-        make_params(argv)
+        if "--keep" in argv and not keep:
+            raise ConfigError("make params: --keep recomposes from the kept overrides and takes no others")
+        make_params(None if keep else argv)
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if keep:
+        print(f"params.yaml recomposed from {CONF_DIR}/ with the overrides kept in {CONF_DIR / PERSISTED}")
+        return 0
     print(f"params.yaml composed from {CONF_DIR}/" + (f" with {' '.join(argv)}" if argv else "")
           + f" (kept in {CONF_DIR / PERSISTED} for `dvc exp run`)")
     return 0

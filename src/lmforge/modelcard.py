@@ -10,13 +10,14 @@ so a model folder of the chain always holds, next to its weights and tokenizer:
                      a folder is the same bytes whenever the stage's inputs are; dvc.lock records provenance)
                      + prose
 
-The card's metrics are the stage's own validation metrics: evaluate runs after the models are saved
-and must not modify them (they are DVC outputs). `lmforge info` adds evaluate's test metrics when the
-folder sits in a repository with metrics/evaluate.json.
+The card's metrics are the stage's own validation metrics, without the run-dependent ones (`card_metrics`):
+evaluate runs after the models are saved and must not modify them (they are DVC outputs). `lmforge info`
+adds evaluate's test metrics when the folder sits in a repository with metrics/evaluate.json.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,21 @@ DESCRIPTIONS = {
     "quantize": "the pruned student with dynamic INT8 linear layers (load with `lmforge` or "
                 "`lmforge.compression.quantize.load_quantized`)",
 }
+
+
+# Numbers that differ between two runs of the same inputs: timings (the precision probe's, run times, latencies,
+# throughput, speed-ups), the step a run resumed from, dates and load averages. A model folder is a DVC output
+# that the next stage depends on: one of these in its card would change its hash on a rerun that changed no
+# weight, and DVC would rerun everything downstream. They stay in metrics/<stage>.json.
+RUN_DEPENDENT = re.compile(r"(^|\.)probe(\.|$)|(_ms|_s|_seconds|_per_s)$|runtime|speedup|resumed_from_step"
+                           r"|(^|\.|_)(time|date|started|finished|timestamp|load_?avg\w*|load_average\w*)(\.|_|$)")
+
+
+def card_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of `metrics` a model card carries (flat dotted keys): those that are a pure function of the
+    stage's inputs, so that the folder is the same bytes whenever its inputs are."""
+    return {k: v for k, v in _flat(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not RUN_DEPENDENT.search(k)}
 
 
 def write_bundle(folder: str | Path, stage: str, *, metrics: dict[str, Any] | None = None,
@@ -101,7 +117,7 @@ def _origin() -> tuple[str | None, list[str]]:
 def model_card(folder: Path, stage: str, params: dict[str, Any], metrics: dict[str, Any],
                task: dict[str, Any] | None, source: str | Path | None = None) -> str:
     base, datasets = _origin()
-    numbers = {k: v for k, v in _flat(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = card_metrics(metrics)
     perplexities = {k: v for k, v in numbers.items() if k.endswith("_perplexity")}
     # a folder `from_pretrained` loads is a transformers model; the int8 artifact needs lmforge's loader
     hf_weights = (folder / "model.safetensors").is_file() or any(folder.glob("model-*-of-*.safetensors"))

@@ -109,10 +109,34 @@ def detect_format(folder: str | Path) -> ModelFormat:
         manifests = ", ".join(f"{f.manifest} ({f.name})" for f in FORMATS.values())
         raise ModelFolderError(f"{folder}: not a model folder of lmforge: none of {manifests} in it "
                                f"(found: {', '.join(names[:8]) or 'nothing'}{', ...' if len(names) > 8 else ''})")
+    refuse_remote_code(folder)
     if not weight_files(folder, fmt):
         raise ModelFolderError(f"{folder}: has {fmt.manifest} but no weights ({' or '.join(fmt.weights)}): "
                                f"written by an unfinished stage; {rerun_hint(folder)}")
     return fmt
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """A folder whose config or tokenizer names Python code to download and run (`auto_map`), or whose
+    architecture transformers does not ship, would load only with `trust_remote_code=True`: lmforge never
+    passes it, because that runs arbitrary code from the folder (or the hub) with the user's rights."""
+    from transformers import CONFIG_MAPPING
+
+    needs = []
+    for name in (GENERIC_MANIFEST, "tokenizer_config.json"):
+        try:
+            data = read_json(folder / name) if (folder / name).is_file() else {}
+        except ValueError:
+            continue  # not JSON: the loader names it
+        if isinstance(data, dict) and data.get("auto_map"):
+            needs.append(f"{name} has auto_map ({', '.join(sorted(data['auto_map']))})")
+        if name == GENERIC_MANIFEST and isinstance(data, dict) and data.get("model_type") \
+                and data["model_type"] not in CONFIG_MAPPING:
+            needs.append(f"model_type {data['model_type']!r} is not an architecture transformers ships")
+    if needs:
+        raise ModelFolderError(f"{folder}: needs remote code ({'; '.join(needs)}); refused: lmforge never loads "
+                               "with trust_remote_code, which would run Python shipped with the model; use a model "
+                               "of an architecture transformers includes")
 
 
 def weight_files(folder: Path, fmt: ModelFormat) -> list[Path]:
@@ -134,22 +158,25 @@ class LoadedModel:
 
     def classify(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
                  progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
-        """Label and probability of each text, exactly as evaluate scores the test reviews: cleaned text +
-        prompt, kept from the end, and the most likely label word at the next position. The probability
-        is renormalised over the label words."""
+        """Label and probability of each text, exactly as preprocess encoded the examples the model was trained
+        and evaluated on (lmforge.data.preprocess.encode_prompts, the one encoder of the task): cleaned text +
+        prompt; a text too long for max_prompt_tokens keeps its end, inside an encoder's [CLS] ... [SEP]
+        (BERT's pooler reads [CLS]); then the most likely label word at the next position, or the classifier's
+        label. The probability is renormalised over the labels; `truncated` says whether the text was cut."""
         from lmforge.data.cleaning import clean_text
+        from lmforge.data.preprocess import encode_prompts
 
         task = self.require_task()
-        room = task["max_prompt_tokens"]
-        prompts = [ids[-room:] for ids in self.tokenizer([clean_text(t) + task["prompt"] for t in texts])["input_ids"]]
+        prompts, truncated = encode_prompts([clean_text(t) for t in texts], self.tokenizer, task["prompt"],
+                                            task["max_prompt_tokens"] + 1)
         if any(not ids for ids in prompts):
             raise DataError("a text and the prompt encode to no tokens")
         probs = metrics.label_log_probs(self.model, prompts, task["label_token_ids"], batch_size,
                                         progress).softmax(dim=-1)
         labels = [w.strip() for w in task["label_words"]]
         best = probs.argmax(dim=-1)
-        return [{"label": labels[int(i)], "probability": round(float(p[i]), 4)}
-                for p, i in zip(probs, best, strict=True)]
+        return [{"label": labels[int(i)], "probability": round(float(p[i]), 4), "truncated": cut}
+                for p, i, cut in zip(probs, best, truncated, strict=True)]
 
     @torch.inference_mode()
     def generate(self, prompt: str, max_new_tokens: int = 40, temperature: float = 1.0, top_k: int | None = 50,

@@ -49,6 +49,15 @@ def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return logits.float()
 
 
+def exp_loss(loss: float) -> float:
+    """exp(`loss`), infinity where it overflows a float (a mean loss above ~709 nats: a finite but terrible
+    model); the metrics writer turns it into null with the non-finite flag, as it does NaN."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 @torch.inference_mode()
 def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batch_size: int) -> float:
     """exp of the token-weighted mean next-token NLL over `blocks` (labels = input_ids, shifted)."""
@@ -65,7 +74,7 @@ def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batc
         nll_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum").item()
         n_tokens += int(mask[:, 1:].sum())
-    return math.exp(nll_sum / n_tokens)
+    return exp_loss(nll_sum / n_tokens)
 
 
 def pad_id_of(model: nn.Module) -> int:
@@ -97,7 +106,7 @@ def masked_perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Datase
         n_tokens += int(chosen.sum())
     if n_tokens == 0:
         raise ValueError("masked perplexity: no maskable token in the blocks")
-    return math.exp(nll_sum / n_tokens)
+    return exp_loss(nll_sum / n_tokens)
 
 
 @torch.inference_mode()

@@ -13,7 +13,6 @@ optimisation under any launcher.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,13 +40,13 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import hardware, paths
-from lmforge.artifacts import atomic_dir, replace_dir, write_json, write_text
+from lmforge.artifacts import atomic_dir, explain_write_errors, replace_dir, write_json, write_text
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder, kind_of_model
-from lmforge.stage import is_main_process
+from lmforge.stage import StageBusy, is_main_process, lock_stage, release_stage  # noqa: F401 - StageBusy: API
 from lmforge.training.data import collator_for
 from lmforge.training.objectives import training_loss
 
@@ -59,10 +58,6 @@ TRAINING_AIDS = ("replay_head.", "hidden_projection.")  # modules attached for t
 
 class TrainingDiverged(LmforgeError):
     """A non-finite loss or weight: training stops rather than save a NaN model."""
-
-
-class StageBusy(LmforgeError):
-    """Another live process of the same stage holds its checkpoint folder."""
 
 
 class LMTrainer(Trainer):
@@ -151,15 +146,27 @@ class RunGuard(TrainerCallback):
             self.first_loss = loss
         elif loss > 2 * self.first_loss and not self.warned:
             self.warned = True
-            log.warning("%s: training loss %.3f at step %d is more than twice the first logged one (%.3f): the run "
-                        "is diverging (learning_rate too high? max_grad_norm?)", self.stage, loss, state.global_step,
-                        self.first_loss)
+            log.warning("%s", divergence_warning(self.stage, loss, state.global_step, self.first_loss))
 
     def on_save(self, args, state, control, **kwargs):
         seconds = self.seconds()
         if self.main_process and seconds is not None:
             write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / RUN_FILE,
                        {"global_step": state.global_step, "train_seconds": seconds})
+
+
+def divergence_warning(stage: str, loss: float, step: int, first_loss: float) -> str:
+    return (f"{stage}: training loss {loss:.3f} at step {step} is more than twice the first logged one "
+            f"({first_loss:.3f}): the run is diverging (learning_rate too high? max_grad_norm?)")
+
+
+def divergence(stage: str, log_history: list[dict[str, Any]]) -> str | None:
+    """RunGuard's warning for the whole run, from the logged losses (a resumed or complete rerun restores the
+    earlier ones with its checkpoint, so the stage's metrics say the same as the run that trained)."""
+    losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    first = losses[0][1] if losses else None
+    return next((divergence_warning(stage, loss, step, first) for step, loss in losses[1:] if loss > 2 * first),
+                None)
 
 
 def world_size() -> int:
@@ -294,40 +301,6 @@ def open_live(stage: str, resume_from: str | None) -> Live:
     return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume_from is not None)
 
 
-def lock_stage(stage: str):
-    """Hold checkpoints/<stage>.lock for this process (an OS lock, released when the process ends, however it
-    ends): a second live instance of the stage (an orphan of a killed `dvc repro`, a second repro) is refused
-    before it touches the checkpoints or the curves. The file names its holder; a name left by a dead holder
-    is a stale lock, reported and taken over."""
-    path = paths.CHECKPOINTS / f"{stage}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release_stage
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "a process that has not written its pid yet"
-        handle.close()
-        raise StageBusy(f"{stage}: {paths.CHECKPOINTS / stage} is in use by another {stage} run ({holder}); "
-                        "wait for it to end, or stop it, then rerun") from None
-    handle.seek(0)
-    previous = handle.read().strip()
-    if previous:
-        log.info("%s: stale lock of a run that ended without releasing it (%s): taken over", path, previous)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    handle.flush()
-    return handle
-
-
-def release_stage(handle) -> None:
-    handle.seek(0)
-    handle.truncate()  # an empty lock file is a released one; a file with a pid and no OS lock is stale
-    handle.flush()
-    handle.close()
-
-
 def run_seconds(checkpoint: str | Path) -> float | None:
     """Training seconds of the whole run up to `checkpoint` (None: not recorded, e.g. an older checkpoint)."""
     try:
@@ -344,14 +317,15 @@ def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: P
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
-    trainer.save_model(str(tmp))
-    if state.is_main_process:
-        # The Trainer pickles its TrainingArguments next to the weights: a model folder stays pickle-free
-        # (the parameters are in params.yaml and dvc.lock).
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(str(tmp))
-        write_bundle(tmp, stage, metrics=metrics)
-        replace_dir(tmp, output)
+    with explain_write_errors(output):  # a read-only or full disk: one line, the old folder kept
+        trainer.save_model(str(tmp))
+        if state.is_main_process:
+            # The Trainer pickles its TrainingArguments next to the weights: a model folder stays pickle-free
+            # (the parameters are in params.yaml and dvc.lock).
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+            tokenizer.save_pretrained(str(tmp))
+            write_bundle(tmp, stage, metrics=metrics)
+            replace_dir(tmp, output)
     state.wait_for_everyone()
 
 
@@ -471,6 +445,9 @@ def fit(
             "precision": precision,
             **({"train_loss_terms": terms} if terms else {}),
         }
+        warning = divergence(stage, trainer.state.log_history)
+        metrics["diverged"] = warning is not None  # the log's warning, kept where `dvc exp show` users look
+        metrics["warnings"] = [warning] if warning else []
         # the task loss is on one label word: its exponent is no perplexity; nor is MLM + NSP's (pretraining)
         perplexity = None if kind_of_model(model) == "pretraining" else \
             "masked_perplexity" if is_encoder(model.config.model_type) else "perplexity"
