@@ -11,7 +11,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Modules that share the session fixture `tiny_run` run on one worker, so that it is built once.
-TINY_RUN_MODULES = {"test_cli.py", "test_experiments.py"}
+TINY_RUN_MODULES = {"test_cli.py", "test_experiments.py", "test_remote.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

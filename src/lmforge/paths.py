@@ -25,7 +25,7 @@ TEXT_DIGESTS = PROCESSED / "text_digests.npy"
 
 MODELS = Path("models")
 PARAMS_VALID = MODELS / ".params-valid"  # the validate stage's output, a dependency of every other stage
-CHECKPOINTS = Path("checkpoints")  # DVC `persist: true`: survives a rerun so a killed run resumes
+CHECKPOINTS = Path("checkpoints")  # no DVC output: DVC leaves it alone, so a killed run resumes
 DVCLIVE = Path("dvclive")
 METRICS = Path("metrics")
 PLOTS = Path("plots")

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import hardware, paths
-from lmforge.artifacts import atomic_dir, explain_write_errors, replace_dir, write_json, write_text
+from lmforge.artifacts import atomic_dir, write_json, write_text
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modelcard import write_bundle
@@ -309,24 +310,13 @@ def run_seconds(checkpoint: str | Path) -> float | None:
         return None
 
 
-def save_trained(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path, state: PartialState,
-                 stage: str, metrics: dict[str, Any]) -> None:
-    """Save the model, tokenizer, task and model card to `output` atomically. Every rank calls the Trainer's
-    save (FSDP gathers the full state dict there); only the main process writes and renames."""
-    tmp = output.with_name(f".{output.name}.tmp-trained")
-    if state.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    state.wait_for_everyone()
-    with explain_write_errors(output):  # a read-only or full disk: one line, the old folder kept
-        trainer.save_model(str(tmp))
-        if state.is_main_process:
-            # The Trainer pickles its TrainingArguments next to the weights: a model folder stays pickle-free
-            # (the parameters are in params.yaml and dvc.lock).
-            (tmp / "training_args.bin").unlink(missing_ok=True)
-            tokenizer.save_pretrained(str(tmp))
-            write_bundle(tmp, stage, metrics=metrics)
-            replace_dir(tmp, output)
-    state.wait_for_everyone()
+def fsdp_units(model: PreTrainedModel) -> str:
+    """The modules FSDP shards as one unit each, e.g. "GPT2Block x4, GPT2LMHeadModel x1": accelerate takes the
+    blocks from the model's own `_no_split_modules` (GPT2Block, LlamaDecoderLayer, BertLayer)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    counts = Counter(type(m).__name__.removeprefix("FSDP") for m in model.modules() if isinstance(m, FSDPModule))
+    return ", ".join(f"{name} x{n}" for name, n in sorted(counts.items())) or "none"
 
 
 def whole_run_loss(state: TrainerState) -> float | None:
@@ -340,13 +330,41 @@ def whole_run_loss(state: TrainerState) -> float | None:
     return total / previous if previous else None
 
 
+def gathered_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights when FSDP (fully_shard) has left each rank a shard of them, gathered on the main
+    process (the other ranks get an empty dict); None when the model is whole on every rank. Every rank must call
+    it: the gather is a collective, so a rank-0-only `save_pretrained` of a sharded model waits forever or saves
+    shards."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # what accelerate's get_state_dict does for FSDP2 with FULL_STATE_DICT (the Trainer's save_model path)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # a tied weight (GPT-2's lm_head and wte) comes back as two copies: one tensor again, so that save_pretrained
+    # writes it once, as it does for an unsharded model
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first and name in full and first[id(param)] in full:
+            full[name] = full[first[id(param)]]
+        first.setdefault(id(param), name)
+    return full
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path, stage: str,
                metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
     """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
-    tokenizer to `output` atomically; for stages that check the trained model before saving it."""
+    tokenizer to `output` atomically; for stages that check the trained model before saving it. Every rank
+    calls it: under FSDP the full weights are gathered here first."""
+    state_dict = gathered_state_dict(model)
+    if state_dict is not None and save is not None:
+        raise LmforgeError(f"{stage}: {output} has a format of its own, which cannot be written from an FSDP-sharded "
+                           "model; run this stage with launcher python or torchrun")
     if is_main_process():
         with atomic_dir(output) as folder:
-            save(folder) if save is not None else model.save_pretrained(folder)
+            save(folder) if save is not None else model.save_pretrained(folder, state_dict=state_dict)
             tokenizer.save_pretrained(folder)
             write_bundle(folder, stage, metrics=metrics)
 
@@ -402,6 +420,10 @@ def fit(
             callbacks=callbacks,
             **trainer_kwargs,
         )
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+            raise ConfigError(f"launcher: {stage} was launched with an FSDP config, but accelerate enables FSDP on "
+                              "GPUs only and would train without sharding here (DDP or one process); on a CPU use "
+                              "launcher torchrun --nproc_per_node=N (docs/scale-out.md)")
         # the model's own parameters: not a training aid (finetune's replay head, distill's hidden projection)
         n_params = sum(p.numel() for name, p in model.named_parameters()
                        if not name.startswith(TRAINING_AIDS))
@@ -423,6 +445,8 @@ def fit(
             seconds = recorded if recorded is not None else guard.seconds()
             runtime_this_process = result.metrics["train_runtime"]
         final = trainer.evaluate()
+        if trainer.is_fsdp_enabled and state.is_main_process:
+            log.info("%s: FSDP units: %s", stage, fsdp_units(model))
         if finalize is not None:
             finalize(model)
         check_finite(model, f"{stage}: the trained model", error=TrainingDiverged)
@@ -458,7 +482,8 @@ def fit(
                 metrics[f"eval_{name}_{perplexity}"] = round(math.exp(loss), 3) if loss < 700 else math.inf
 
         if output is not None:
-            save_trained(trainer, tokenizer, output, state, stage, metrics)  # the card carries these metrics
+            save_model(model, tokenizer, output, stage, metrics)  # the card carries these metrics
+            state.wait_for_everyone()  # no rank goes on before the model is in place
             if state.is_main_process:
                 log.info("%s: saved %s", stage, output)
         if complete and live is not None:
