@@ -5,7 +5,6 @@ of a real tiny run (the session fixture `tiny_run`), moved out of the repository
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,18 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_from_disk
+from helpers import ROOT, stage_env
 
 from lmforge import cli, modelio
 from lmforge.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ["general", "teacher", "student", "pruned", "quantized"]
 
 
 def lmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The command as a user runs it (`python -m lmforge` is the `lmforge` entry point)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lmforge", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lmforge", *args], cwd=cwd, env=stage_env(), capture_output=True,
                           text=True, timeout=300)
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from dvc_repo import make_repo, stages_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, compose_into, run_stage, stage_env, tiny_gpt2
 
 
 def snapshot(root: Path, *paths: str) -> dict[str, str]:
@@ -38,7 +37,7 @@ def make_params_in_copy(tmp_path: Path, *overrides: str) -> tuple[subprocess.Com
     """`make params ARGS=...` (python -m lmforge.compose) in a copy of conf/ and params.yaml."""
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     result = subprocess.run([sys.executable, "-m", "lmforge.compose", *overrides], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     return result, tmp_path
@@ -96,28 +95,12 @@ def test_a_bad_parameter_under_dvc_fails_at_validate_and_changes_nothing(tmp_pat
 # --------------------------------------------------------------------------------------------------
 
 
-def compose_into(workdir: Path, *overrides: str) -> None:
-    from lmforge.compose import compose
-
-    compose(workdir / "params.yaml", ["profile=tiny", *overrides], conf_dir=ROOT / "conf")
-
-
-def run_stage(workdir: Path, stage: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def tiny_model_folder(folder: Path, *, safetensors: bool = True) -> Path:
     """A GPT-2 of profile=tiny's shape saved as a model folder of the chain (or, as a pickle, as older
     transformers wrote it: pytorch_model.bin)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=400, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config)
+    model = tiny_gpt2(vocab_size=400, n_positions=64)
     model.save_pretrained(folder)
     if not safetensors:
         (folder / "model.safetensors").unlink()
@@ -321,7 +304,7 @@ def test_make_params_keeps_its_overrides_for_dvc_exp_run_and_refuses_under_a_run
     before = snapshot(copy, "params.yaml", "conf")
     repo = Repo(str(copy))
     with repo.lock:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = stage_env()
         refused = subprocess.run([sys.executable, "-m", "lmforge.compose", "prune.amount=0.7"], cwd=copy, env=env,
                                  capture_output=True, text=True, timeout=120)
     repo.close()
@@ -348,7 +331,7 @@ def test_a_stage_fails_if_params_yaml_is_rewritten_while_it_runs(tmp_path, monke
 
 @pytest.mark.slow
 def test_a_second_instance_of_a_training_stage_is_refused_and_a_stale_lock_taken_over(trained):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time\nfrom lmforge.training.runner import lock_stage\n"
                                "held = lock_stage('pretrain'); print('held', flush=True); time.sleep(120)"],
@@ -480,7 +463,7 @@ def test_outputs_get_the_modes_of_the_umask(tmp_path):
     script = ("import os, sys\nos.umask(0o002)\nfrom lmforge.artifacts import atomic_dir, write_text\n"
               "write_text(sys.argv[1] + '/file.txt', 'x')\n"
               "with atomic_dir(sys.argv[1] + '/folder') as out:\n    (out / 'inside.txt').write_text('y')\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, check=True)
     assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o664
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o775
