@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in a process of its own
+
 
 def run(script: str, *args: str, output: Path) -> dict:
     env = dict(os.environ)

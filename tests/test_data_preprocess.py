@@ -226,6 +226,7 @@ def streamed_peak_bytes(params: dict, folder: Path, n_docs: int) -> tuple[int, i
     return peak, sum(len(paragraph(i)) for i in range(n_docs))
 
 
+@pytest.mark.slow  # preprocess on 3 and 12 MB of text
 def test_lm_corpora_stream_through_preprocess_in_bounded_memory(tmp_path):
     """A corpus four times larger needs about the same memory, below its own size: the LM corpora never
     sit in memory whole (a batch of text and its token lists, and a digest per document, do)."""

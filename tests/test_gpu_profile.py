@@ -7,6 +7,7 @@ the teacher has GPT-2 124M's shape with random weights.
 
 import dataclasses
 
+import pytest
 import torch
 from datasets import Dataset
 from helpers import ROOT
@@ -19,6 +20,8 @@ from lmforge.training.distill import DistillationTrainer
 from lmforge.training.runner import LMTrainer, training_arguments
 
 GPT2_VOCAB, GPT2_EOS = 50257, 50256
+
+pytestmark = pytest.mark.slow  # GPT-2 124M built and trained a step in bf16 on the CPU
 
 
 def shrunk(cfg):

@@ -97,6 +97,7 @@ def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
     assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]
 
 
+@pytest.mark.slow  # the stage in a process of its own
 def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model_and_a_clean_log(workdir):
     # in a process of its own, as DVC runs it, to see its log: lmforge's lines, none of the exporter's and ORT's
     # warnings (profile=tiny: the default profile's quantize section without the gate)
