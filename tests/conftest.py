@@ -13,59 +13,73 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per worker (before torch is imported): two workers on two cores, not four threads
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Seconds each xdist group takes on one core of the development machine (`--durations`, 2026-12-07). The
-# groups go to the workers longest first, so that the last ones to start are short and both workers finish
-# at about the same time (xdist's own order is by number of tests, which put a one-test 3-minute module last).
-# A group not listed counts as 0 s: it runs after these, in file order.
+# Seconds each group took in one process (`--durations=0`, 2026-12-07, on the development machine while other
+# jobs loaded its 2 cores: about 2-3x a quiet machine's, but in proportion). The groups go to the workers
+# longest first, so that the last to start are short and both workers finish at about the same time (xdist's
+# own order is by number of tests, which left one-test modules of minutes for the end). The first group to
+# need the session's tiny run builds it (about a third of test_experiments.py's time); one not listed counts
+# as 0 s and runs after these, in file order.
 GROUP_SECONDS = {
-    "test_pipeline_e2e.py::encoder": 170,
-    "test_experiments.py": 150,
-    "test_distributed.py": 120,
-    "test_resume.py": 90,
-    "test_benchmarks.py": 90,
-    "test_prune_stage.py": 80,
-    "test_reliability.py": 80,
-    "test_pretrained_smollm2.py": 70,
-    "test_stage_errors.py": 60,
-    "test_pipeline_e2e.py": 50,
-    "test_cli.py": 40,
-    "test_gpu_profile.py": 40,
-    "test_quantize_stage.py": 35,
-    "test_onnx_int8.py": 35,
-    "test_data_preprocess.py": 35,
-    "test_encoders.py": 30,
+    "test_experiments.py": 560,
+    "test_pretrained_smollm2.py": 400,
+    "test_benchmarks.py": 305,
+    "test_reliability.py": 295,
+    "test_distributed.py": 250,
+    "test_pipeline_e2e.py::encoder": 160,
+    "test_prune_stage.py": 150,
+    "test_resume.py": 150,
+    "test_pipeline_e2e.py": 85,
+    "test_gpu_profile.py": 80,
+    "test_stage_errors.py": 65,
+    "test_data_preprocess.py": 55,
+    "test_onnx_int8.py": 55,
+    "test_quantize_stage.py": 50,
     "test_encoder_compression.py": 30,
+    "test_training.py": 30,
     "test_evaluation.py": 20,
-    "test_training.py": 20,
+    "test_encoders.py": 18,
+    "test_wanda_vs_magnitude.py": 15,
+    "test_cli.py": 12,
 }
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """The test's xdist group: its module, so that a module-scoped fixture (a trained chain, a DVC repository)
-    is built by one worker only; a module with two such fixtures is two groups (`<module>::<part>`)."""
-    module = item.path.name
-    if module == "test_pipeline_e2e.py" and "encoder_repo" in getattr(item, "fixturenames", ()):
+def group_of(nodeid: str) -> str:
+    """The test's group: its module, so that a module-scoped fixture (the DDP runs, a DVC repository) is built
+    by one worker only; the encoder chain of test_pipeline_e2e.py is a group of its own (its own repository)."""
+    path, _, name = nodeid.partition("::")
+    module = Path(path).name
+    if module == "test_pipeline_e2e.py" and "encoder" in name:
         return f"{module}::encoder"
     return module
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` by `group_of`. xdist 3.8 marks a group by appending `@group` to `item._nodeid`,
+    which pytest 9 no longer reads (a node's id is `item._id`): every test was a group of its own, so each
+    worker built the module fixtures again (the DDP runs twice, the tiny run twice, the prune chain twice)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False  # keep the longest-first order set below
+        config.option.loadscopereorder = False  # keep the longest-first order of the collection (below)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for `--dist loadgroup`, handed out longest first (a stable sort: file order within a group).
-
-    Without tryfirst, xdist's hook ran first, found no group, and every test was a group of its own: a
-    module's fixture (the DDP runs, the prune chain, the tiny run) was built again on the other worker.
-    """
+    """Groups handed out longest first: the collection sorted by GROUP_SECONDS (a stable sort: file order within
+    a group); a test that uses the tiny run is `slow` (a real pipeline ran for it)."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-        if "tiny_run" in getattr(item, "fixturenames", ()):  # also through another fixture: a real pipeline ran
+        if "tiny_run" in getattr(item, "fixturenames", ()):  # also through another fixture
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: -GROUP_SECONDS.get(xdist_group(item), 0))
+    items.sort(key=lambda item: -GROUP_SECONDS.get(group_of(item.nodeid), 0))
 
 
 class TinyRun(NamedTuple):
