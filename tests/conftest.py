@@ -89,7 +89,7 @@ class TinyRun(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, worker_id) -> TinyRun:
+def tiny_run(tmp_path_factory) -> TinyRun:
     """A git + DVC repository where the whole chain ran once on profile=tiny and was committed (1-2 min).
 
     Built once per `pytest` run, by the first worker that needs it (the other waits for it), in the folder
@@ -97,7 +97,7 @@ def tiny_run(tmp_path_factory, worker_id) -> TinyRun:
     runs DVC or changes files works on `tiny_run_copy`.
     """
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # pytest-of-<user>/pytest-<n>, above each worker's own popen-gw<i>
     home = shared / "tiny_run"
     with open(shared / "tiny_run.lock", "w") as lock:
