@@ -13,33 +13,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per worker (before torch is imported): two workers on two cores, not four threads
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Seconds each group took in one process (`--durations=0`, 2026-12-07, on the development machine while other
-# jobs loaded its 2 cores: about 2-3x a quiet machine's, but in proportion). The groups go to the workers
-# longest first, so that the last to start are short and both workers finish at about the same time (xdist's
-# own order is by number of tests, which left one-test modules of minutes for the end). The first group to
-# need the session's tiny run builds it (about a third of test_experiments.py's time); one not listed counts
-# as 0 s and runs after these, in file order.
+# Seconds each group took in one process (`--durations=0`, 2026-12-07, on the 2-core development machine with
+# about one other job running; only their proportions matter). The groups go to the workers longest first, so
+# that the last to start are short and both workers finish at about the same time (xdist's own order is by
+# number of tests, which left one-test modules of minutes for the end). The first group to need the session's
+# tiny run builds it (80 of test_experiments.py's 220 s); a group not listed counts as 0 s and runs after these.
 GROUP_SECONDS = {
-    "test_experiments.py": 560,
-    "test_pretrained_smollm2.py": 400,
-    "test_benchmarks.py": 305,
-    "test_reliability.py": 295,
-    "test_distributed.py": 250,
-    "test_pipeline_e2e.py::encoder": 160,
-    "test_prune_stage.py": 150,
-    "test_resume.py": 150,
-    "test_pipeline_e2e.py": 85,
-    "test_gpu_profile.py": 80,
-    "test_stage_errors.py": 65,
-    "test_data_preprocess.py": 55,
-    "test_onnx_int8.py": 55,
-    "test_quantize_stage.py": 50,
-    "test_encoder_compression.py": 30,
-    "test_training.py": 30,
-    "test_evaluation.py": 20,
-    "test_encoders.py": 18,
-    "test_wanda_vs_magnitude.py": 15,
-    "test_cli.py": 12,
+    "test_experiments.py": 220,
+    "test_pretrained_smollm2.py": 200,
+    "test_benchmarks.py": 115,
+    "test_pipeline_e2e.py::encoder": 95,
+    "test_resume.py": 75,
+    "test_distributed.py": 70,
+    "test_reliability.py": 62,
+    "test_prune_stage.py": 60,
+    "test_gpu_profile.py": 30,
+    "test_pipeline_e2e.py": 30,
+    "test_stage_errors.py": 30,
+    "test_onnx_int8.py": 30,
+    "test_data_preprocess.py": 25,
+    "test_quantize_stage.py": 20,
+    "test_encoder_compression.py": 18,
+    "test_cli.py": 10,
+    "test_evaluation.py": 10,
+    "test_encoders.py": 7,
+    "test_training.py": 5,
 }
 
 
