@@ -26,10 +26,17 @@ pipeline: setup
 	@echo "report: $(CURDIR)/reports/summary.md"
 
 # Two pytest workers: the pipeline tests run their stages single-threaded (OMP_NUM_THREADS=1), so a
-# 2-core machine runs two test files at once. TEST_WORKERS=0 runs them in this process.
+# 2-core machine runs two test files at once. TEST_WORKERS=0 runs them in this process. tests/conftest.py
+# groups the tests and hands the groups out longest first.
 TEST_WORKERS ?= 2
+PYTEST = python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 test: setup
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PYTEST)
+
+# The inner loop: the whole suite but the tests marked `slow` (real stages, pipelines and benchmarks).
+.PHONY: test-fast
+test-fast: setup
+	$(PYTEST) -m "not slow"
 
 # make params ARGS="key=value ..."   compose params.yaml from conf/ + overrides (kept in conf/make_params.yaml)
 # make params ARGS=--keep            recompose it from conf/ + the kept overrides, always writing: the recovery

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -16,6 +16,22 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
     return output
+
+
+def repo_env(repo: Path) -> dict:
+    """The environment to run git, DVC and the stages in `repo` with: its own src, one thread, no analytics."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
+            "GIT_AUTHOR_NAME": "lmforge-test", "GIT_AUTHOR_EMAIL": "test@lmforge.invalid",
+            "GIT_COMMITTER_NAME": "lmforge-test", "GIT_COMMITTER_EMAIL": "test@lmforge.invalid"}
+
+
+def copy_repo(source: Path, dest: Path) -> dict:
+    """A private copy of the repository `source` (git history, DVC cache, workspace, file times kept), for a
+    test that changes it; DVC's temporary folder (locks, queue) is left behind. Its environment."""
+    shutil.copytree(source, dest, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
+    return repo_env(dest)
 
 
 def make_repo(dest: Path, overrides: list[str]) -> dict:
@@ -27,10 +43,7 @@ def make_repo(dest: Path, overrides: list[str]) -> dict:
                 and name != "dvc.lock":
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(dest / "src"), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
-           "GIT_AUTHOR_NAME": "lmforge-test", "GIT_AUTHOR_EMAIL": "test@lmforge.invalid",
-           "GIT_COMMITTER_NAME": "lmforge-test", "GIT_COMMITTER_EMAIL": "test@lmforge.invalid"}
+    env = repo_env(dest)
     run(["git", "init", "-q", "-b", "main"], dest, env)
     run([sys.executable, "-m", "lmforge.compose", *overrides], dest, env)
     run(["git", "add", "-A"], dest, env)

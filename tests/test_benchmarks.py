@@ -1,22 +1,24 @@
 """The benchmark scripts run end to end on tiny settings and write sane JSON (no wall-clock assertions)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in a process of its own
 
 
 def run(script: str, *args: str, output: Path) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     env["PYTHON"] = sys.executable  # gpu_check.sh: this interpreter, whatever venv the tests run in
-    command = ["bash", str(REPO / script)] if script.endswith(".sh") else [sys.executable, str(REPO / script)]
-    subprocess.run([*command, *args, "--output", str(output)], cwd=REPO, env=env, check=True, timeout=600,
+    command = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
+    subprocess.run([*command, *args, "--output", str(output)], cwd=ROOT, env=env, check=True, timeout=600,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return json.loads(output.read_text())
 
@@ -37,7 +39,7 @@ def test_train_throughput_compares_the_stage_loop_with_a_minimal_loop(tmp_path):
         assert positive(res[key]["median"]) and res[key]["min"] <= res[key]["median"] <= res[key]["max"], key
     assert positive(res["matmul_ceiling_gflops"])
     assert 0 < res["mfu_stage"] < 1 and 0 < res["mfu_minimal"] < 1
-    assert isinstance(res["goal_met"], bool)
+    assert res["goal_met"] is (res["ratio"]["median"] >= res["goal_ratio"])  # the verdict on the numbers shown
 
 
 def test_preprocess_throughput_compares_pack_with_the_tokenizer(tmp_path):
@@ -47,7 +49,7 @@ def test_preprocess_throughput_compares_pack_with_the_tokenizer(tmp_path):
     assert entry["documents"] == 40 and positive(entry["tokens"])
     for key in ("stage_tokens_per_s", "tokenizer_tokens_per_s", "ratio"):
         assert positive(entry[key]["median"]), key
-    assert isinstance(entry["goal_met"], bool)
+    assert entry["goal_met"] is (entry["ratio"]["median"] >= entry["goal_ratio"])
 
 
 def test_gpu_check_dry_run_exercises_the_gpu_script_on_a_cpu(tmp_path):
@@ -57,7 +59,7 @@ def test_gpu_check_dry_run_exercises_the_gpu_script_on_a_cpu(tmp_path):
     assert positive(res["matmul_ceiling_tflops"])
     train = res["training"]["eager"]
     assert positive(train["tokens_per_s"]) and 0 < train["mfu_vs_measured_ceiling"] < 1
-    assert train["loss"] == pytest.approx(train["loss"])  # a number, not NaN
+    assert math.isfinite(train["loss"])
     assert positive(res["inference"]["fp32"]["throughput"]["tokens_per_s"])
     assert res["inference"]["int8"]["status"].startswith("not available")
 

@@ -5,7 +5,6 @@ of a real tiny run (the session fixture `tiny_run`), moved out of the repository
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,18 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_from_disk
+from helpers import ROOT, stage_env
 
 from lmforge import cli, modelio
 from lmforge.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ["general", "teacher", "student", "pruned", "quantized"]
 
 
 def lmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The command as a user runs it (`python -m lmforge` is the `lmforge` entry point)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lmforge", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lmforge", *args], cwd=cwd, env=stage_env(), capture_output=True,
                           text=True, timeout=300)
 
 
@@ -144,7 +142,7 @@ def test_a_registered_format_is_detected_before_the_generic_config_json(tmp_path
 @pytest.fixture(scope="module")
 def moved_quantized(tiny_run, tmp_path_factory) -> Path:
     """models/quantized copied out of its repository: no data/processed, no params.yaml next to it."""
-    repo, _ = tiny_run
+    repo = tiny_run.path
     dest = tmp_path_factory.mktemp("elsewhere") / "my-model"
     shutil.copytree(repo / "models/quantized", dest)
     return dest
@@ -152,7 +150,7 @@ def moved_quantized(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_every_model_folder_carries_its_task_and_a_model_card(tiny_run):
-    repo, _ = tiny_run
+    repo = tiny_run.path
     task = json.loads((repo / "data/processed/task_meta.json").read_text())
     produced = {"general": "pretrain", "teacher": "finetune", "student": "distill", "pruned": "prune",
                 "quantized": "quantize"}
@@ -175,7 +173,7 @@ def test_every_model_folder_carries_its_task_and_a_model_card(tiny_run):
 @pytest.mark.slow
 def test_predict_on_a_moved_model_scores_exactly_as_evaluate(tiny_run, moved_quantized, tmp_path, capsys,
                                                              monkeypatch):
-    repo, _ = tiny_run
+    repo = tiny_run.path
     test = load_from_disk(str(repo / "data/processed/task"))["test"]
     n = json.loads((repo / "metrics/evaluate.json").read_text())["data"]["task_examples"]
     texts, labels = test["text"][:n], test["label"][:n]
@@ -214,7 +212,7 @@ def test_generate_is_reproducible_from_its_seed(moved_quantized, tmp_path, capsy
 
 @pytest.mark.slow
 def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_quantized, capsys, monkeypatch):
-    repo, _ = tiny_run
+    repo = tiny_run.path
     out = in_process(capsys, monkeypatch, repo, "info", "models/pruned")
     fields = dict((part.strip() for part in line.split("  ", 1)) for line in out.splitlines())
     assert fields["format"] == "hf" and fields["stage"] == "prune"

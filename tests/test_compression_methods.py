@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_gpt2
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmforge.cli import describe_ranks
 from lmforge.compression import lowrank, methods, structured, wanda
@@ -24,8 +25,7 @@ VOCAB = 300
 
 
 def gpt2(n_layer: int = 3, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=n_layer, n_head=4)).eval()
+    return tiny_gpt2(seed, vocab_size=VOCAB, n_layer=n_layer, n_head=4)
 
 
 def llama(n_layer: int = 3, seed: int = 0) -> LlamaForCausalLM:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_gpt2
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from lmforge.compression.linear import linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
 
 LAYER_TYPES = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=2)
-    return GPT2LMHeadModel(config).eval()
 
 
 def test_linear_layers_finds_conv1d_and_separates_the_head():

@@ -4,13 +4,12 @@ The stage, for every method: test_quantize_stage.py."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_gpt2
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from lmforge.compression.dynamic_int8 import (
@@ -24,15 +23,7 @@ from lmforge.compression.linear import conv1d_to_linear, linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent
 from lmforge.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = 300
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(config).eval()
 
 
 def tokens(seed: int = 0, shape: tuple[int, int] = (4, 32)) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from helpers import ROOT
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
@@ -30,12 +31,10 @@ from lmforge.data.preprocess import (
 )
 from lmforge.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def tiny_params(directory: Path, **preprocess_overrides) -> dict:
     """params.yaml of the tiny profile composed from the real conf/, with some preprocess values changed."""
-    compose(output=directory / "params.yaml", overrides=["profile=tiny"], conf_dir=REPO / "conf")
+    compose(output=directory / "params.yaml", overrides=["profile=tiny"], conf_dir=ROOT / "conf")
     if preprocess_overrides:
         params = OmegaConf.load(directory / "params.yaml")
         for key, value in preprocess_overrides.items():
@@ -193,8 +192,8 @@ def test_label_words_must_be_distinct(tmp_path, monkeypatch):
 
 def test_stage_exits_2_with_a_clear_error(tmp_path):
     tiny_params(tmp_path, min_chars=100_000)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "preprocess.py")], cwd=tmp_path,
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / "preprocess.py")], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "error: task corpus is empty after cleaning" in result.stderr
@@ -226,6 +225,7 @@ def streamed_peak_bytes(params: dict, folder: Path, n_docs: int) -> tuple[int, i
     return peak, sum(len(paragraph(i)) for i in range(n_docs))
 
 
+@pytest.mark.slow  # preprocess on 3 and 12 MB of text
 def test_lm_corpora_stream_through_preprocess_in_bounded_memory(tmp_path):
     """A corpus four times larger needs about the same memory, below its own size: the LM corpora never
     sit in memory whole (a batch of text and its token lists, and a digest per document, do)."""

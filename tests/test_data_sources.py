@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import load_from_disk
+from helpers import ROOT, SHARED
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
@@ -23,8 +24,6 @@ from lmforge.data.preprocess import check_leakage, clean_corpus, preprocess
 from lmforge.data.sources import load_corpus
 from lmforge.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 REVIEWS = ["a fine and moving film .", "dull , long and pointless .", "the best thing this year .",
            "i wanted my money back ."]
 LABELS = [1, 0, 1, 0]
@@ -32,7 +31,7 @@ LABELS = [1, 0, 1, 0]
 
 def corpus(**changes) -> CorpusConfig:
     """The task corpus of conf/data/local.yaml with some fields changed."""
-    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "local.yaml"))["task"]
+    raw = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "local.yaml"))["task"]
     return dataclasses.replace(CorpusConfig(**raw), **changes)
 
 
@@ -146,7 +145,7 @@ def test_glob_matching_nothing_names_the_pattern(tmp_path):
 
 def test_file_settings_are_refused_with_synthetic(tmp_path):
     compose(output=tmp_path / "params.yaml", overrides=["profile=tiny", "data.domain_from_task=0.3"],
-            conf_dir=REPO / "conf")
+            conf_dir=ROOT / "conf")
     with pytest.raises(ConfigError, match=r"'data.domain_from_task': 0.3 \(expected null with data.source=synthetic"):
         preprocess(stage_params("data", "preprocess", path=tmp_path / "params.yaml"))  # refused by validation
 
@@ -158,7 +157,7 @@ def test_labelled_corpus_needs_a_label_source():
 
 def local_params(directory: Path, data: dict, **preprocess) -> dict:
     """params of profile=tiny with data=local and the given data / preprocess values."""
-    compose(output=directory / "params.yaml", overrides=["profile=tiny", "data=local"], conf_dir=REPO / "conf")
+    compose(output=directory / "params.yaml", overrides=["profile=tiny", "data=local"], conf_dir=ROOT / "conf")
     params = OmegaConf.load(directory / "params.yaml")
     params.data = OmegaConf.merge(params.data, data)
     for key, value in preprocess.items():
@@ -297,7 +296,7 @@ def test_rt_polarity_file_per_label():
                     reason=f"no real data in {SHARED}")
 def test_cpu_real_profile_preprocess(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    compose(output=tmp_path / "params.yaml", overrides=["profile=cpu_real"], conf_dir=REPO / "conf")
+    compose(output=tmp_path / "params.yaml", overrides=["profile=cpu_real"], conf_dir=ROOT / "conf")
     params = OmegaConf.load(tmp_path / "params.yaml")
     assert params.data.source == "local"
     (tmp_path / "data" / "raw").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from test_config import ROOT
+from helpers import ROOT
 from test_training import TEACHER, hidden_distance, student_config
 from transformers import (
     AutoTokenizer,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -14,8 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
+from helpers import ROOT, SHARED, stage_main
+from helpers import tiny_gpt2 as gpt2
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from lmforge import paths
 from lmforge.compose import compose
@@ -24,16 +25,12 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import evaluate as evaluate_module
 from lmforge.evaluation import metrics, report
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = 100
 LABEL_TOKENS = [7, 9]  # token ids of the label words " negative" / " positive"
 
 
 def tiny_gpt2(n_layer: int = 2, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=n_layer, n_head=2,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return GPT2LMHeadModel(config).eval()
+    return gpt2(seed, vocab_size=VOCAB, n_positions=64, n_layer=n_layer, pad_token_id=0)
 
 
 def random_blocks(n: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -188,12 +185,13 @@ def layout(tmp_path, monkeypatch):
                                                                "majority_accuracy": 0.5}))
     compose(tmp_path / "params.yaml", ["profile=tiny", "evaluate.models=[general,teacher,student,pruned]",
                                        "evaluate.precision=fp32"],  # auto may pick bf16: ppl compared to fp32 below
-            conf_dir=REPO / "conf")
+            conf_dir=ROOT / "conf")
     return tmp_path
 
 
 def run_stage() -> None:
-    runpy.run_path(str(REPO / "stages" / "evaluate.py"), run_name="test")["main"]()
+    """The evaluate stage, in this process, in the current directory."""
+    stage_main("evaluate")()
 
 
 def test_evaluate_stage_writes_metrics_plots_and_report(layout):
@@ -296,7 +294,7 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     quantize.quantize_to(pruned, paths.model_dir("quantized"), cfg)
     assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxModel)
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[pruned,quantized]", "evaluate.precision=fp32"],
-            conf_dir=REPO / "conf")
+            conf_dir=ROOT / "conf")
     run_stage()
     models = json.loads((layout / "metrics" / "evaluate.json").read_text())["models"]
     fp32, int8 = models["pruned"], models["quantized"]
@@ -343,7 +341,6 @@ def test_the_recommended_model_is_the_fastest_inside_the_gate():
 
 # --- external test sets and the base model ---------------------------------------------------------
 
-SHARED = REPO.parent / "shared" / "data"
 WORDS = ["good", "great", "fine", "bad", "awful", "dull", "film", "movie", "plot", "acting", "the", "a", "was",
          "is", "not", "very", "Sentiment", ":", ".", ","]
 
@@ -380,7 +377,7 @@ def with_external(layout: Path, specs: list[dict], *overrides: str) -> None:
     import yaml
 
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[teacher,student]", *overrides],
-            conf_dir=REPO / "conf")
+            conf_dir=ROOT / "conf")
     params = yaml.safe_load((layout / "params.yaml").read_text())
     params["evaluate"]["external"] = specs
     (layout / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -460,7 +457,7 @@ def test_rt_polarity_from_shared_data_as_an_external_set(external_layout):
 def test_base_model_is_measured_first_when_the_chain_starts_from_a_pretrained_model(layout):
     tiny_gpt2(2, 5).save_pretrained(paths.model_dir("base"))
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[teacher,student]", "model.init=pretrained",
-                                     "model.name_or_path=some/checkpoint"], conf_dir=REPO / "conf")
+                                     "model.name_or_path=some/checkpoint"], conf_dir=ROOT / "conf")
     run_stage()
     results = json.loads((layout / "metrics" / "evaluate.json").read_text())
     assert list(results["models"]) == ["base", "teacher", "student"]
@@ -468,6 +465,6 @@ def test_base_model_is_measured_first_when_the_chain_starts_from_a_pretrained_mo
 
 
 def test_base_model_without_a_pretrained_chain_is_a_config_error(layout):
-    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[base,teacher]"], conf_dir=REPO / "conf")
+    compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[base,teacher]"], conf_dir=ROOT / "conf")
     with pytest.raises(ConfigError, match=r"'base' \(models/base holds weights only with model.init=pretrained"):
         run_stage()

@@ -1,7 +1,7 @@
 """Experiments as a DVC user runs them: a readable `dvc exp show`, and a queued sweep.
 
-Both use the committed tiny run of the session fixture `tiny_run`; queued experiments run in DVC's
-temporary workspaces, which hold only git- and DVC-tracked files, so the sweep also checks that the
+Both use a copy of the committed tiny run of the session fixture `tiny_run`; queued experiments run in
+DVC's temporary workspaces, which hold only git- and DVC-tracked files, so the sweep also checks that the
 pipeline needs nothing else.
 """
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 HEADLINE = "metrics/headline.json"
 
 
-def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run):
-    repo, env = tiny_run
+def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run_copy):
+    repo, env, _ = tiny_run_copy
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
     files = {name for data in shown.values() for name in data["data"]}
     assert files == {HEADLINE}
@@ -33,8 +33,8 @@ def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run):
     assert len(metric_columns) == 6 * 5 + 2 + 1  # was 230 metric columns (384 in all) before headline.json
 
 
-def test_a_queued_sweep_runs_both_experiments(tiny_run):
-    repo, env = tiny_run
+def test_a_queued_sweep_runs_both_experiments(tiny_run_copy):
+    repo, env, _ = tiny_run_copy
     # -S profile=tiny: DVC recomposes params.yaml from conf/ with only the overrides given
     out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "prune.ffn=0.25,0.75"], repo, env)
     assert out.count("Queued experiment") == 2

@@ -6,10 +6,11 @@ the teacher has GPT-2 124M's shape with random weights.
 """
 
 import dataclasses
-from pathlib import Path
 
+import pytest
 import torch
 from datasets import Dataset
+from helpers import ROOT
 
 from lmforge.compose import compose
 from lmforge.config import SECTIONS, stage_params
@@ -18,8 +19,9 @@ from lmforge.training.data import PadCollator
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.runner import LMTrainer, training_arguments
 
-ROOT = Path(__file__).resolve().parents[1]
 GPT2_VOCAB, GPT2_EOS = 50257, 50256
+
+pytestmark = pytest.mark.slow  # GPT-2 124M built and trained a step in bf16 on the CPU
 
 
 def shrunk(cfg):

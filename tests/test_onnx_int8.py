@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from helpers import tiny_gpt2
+from transformers import GPT2LMHeadModel
 
 from lmforge.compression import onnx_int8
 from lmforge.compression.task_head import TaskModel, full_model_predictions
@@ -25,9 +26,7 @@ INT8_REL = 0.05   # ORT int8 vs torch fp32: max |diff| below 5% of the largest |
 
 @pytest.fixture(scope="module")
 def model() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=WIDTH, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0)).eval()
+    model = tiny_gpt2(vocab_size=VOCAB, n_positions=64, n_embd=WIDTH)
     with torch.no_grad():  # as after training: no two layer norms or biases alike (the exporter dedups equal ones)
         for p in model.parameters():
             if p.dim() == 1:

@@ -1,8 +1,8 @@
 """The whole pipeline under DVC, on the smallest profiles, in a temporary copy of the repository.
 
-`dvc repro` runs every stage; a second `dvc repro` runs none; an experiment that changes one
-quantize parameter reruns quantize and evaluate only. The tiny encoder (BERT, MLM + NSP, a classifier
-head, hidden-state KD) runs the same DAG.
+`dvc repro` runs every stage (the session's `tiny_run`); a second `dvc repro` runs none; an experiment that
+changes one quantize parameter reruns quantize and evaluate only. The tiny encoder (BERT, MLM + NSP, a
+classifier head, hidden-state KD) runs the same DAG.
 """
 
 import json
@@ -16,20 +16,9 @@ STAGES = ["validate", "base", "preprocess", "pretrain", "finetune", "distill", "
 pytestmark = pytest.mark.slow
 
 
-def profile_repo(tmp_path_factory, profile: str) -> tuple[Path, dict]:
-    """A git repository holding the project's files (committed or not), with params.yaml for `profile`."""
-    dest = tmp_path_factory.mktemp(f"e2e-{profile}") / "repo"
-    return dest, make_repo(dest, [f"profile={profile}"])
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, dict]:
-    return profile_repo(tmp_path_factory, "tiny")
-
-
-def test_repro_runs_every_stage_then_nothing(repo):
-    path, env = repo
-    first = run(["dvc", "repro"], path, env)
+def test_repro_runs_every_stage_then_nothing(tiny_run, tiny_run_copy):
+    first = tiny_run.output  # the committed run: every stage ran once
+    path, env, _ = tiny_run_copy  # a copy, to run DVC in
     assert stages_run(first) == STAGES
     for name in ["general", "teacher", "student", "pruned", "quantized"]:
         assert (path / "models" / name / "config.json").is_file()
@@ -54,10 +43,8 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert "up to date" in second
 
 
-def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_only(repo):
-    path, env = repo
-    run(["git", "add", "-A"], path, env)
-    run(["git", "commit", "-qm", "first run"], path, env)
+def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_only(tiny_run_copy):
+    path, env, _ = tiny_run_copy  # committed after its first run
     # no `-S profile=tiny`: make_repo set it with `make params` (conf/make_params.yaml), which DVC composes too
     output = run(["dvc", "exp", "run", "-S", "quantize.per_channel=false"], path, env)
     assert stages_run(output) == ["validate", "quantize", "evaluate"]
@@ -69,7 +56,9 @@ def test_an_experiment_on_one_quantize_parameter_reruns_quantize_and_evaluate_on
 
 @pytest.fixture(scope="module")
 def encoder_repo(tmp_path_factory) -> tuple[Path, dict]:
-    return profile_repo(tmp_path_factory, "tiny_encoder")
+    """A git repository holding the project's files (committed or not), with params.yaml for tiny_encoder."""
+    dest = tmp_path_factory.mktemp("e2e-tiny_encoder") / "repo"
+    return dest, make_repo(dest, ["profile=tiny_encoder"])
 
 
 def test_the_encoder_chain_runs_every_stage_then_nothing(encoder_repo):

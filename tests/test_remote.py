@@ -1,6 +1,7 @@
 """A DVC remote, end to end: the box that ran the pipeline pushes, a fresh clone pulls and is up to date.
 
-The "GPU box" is the session fixture `tiny_run` (the chain ran once on profile=tiny and was committed); the
+The "GPU box" is `tiny_run_copy`, a copy of the session's tiny run (the chain ran once on profile=tiny and was
+committed); the
 remote is a local directory, added with `dvc remote add --local` (written to .dvc/config.local, which DVC
 keeps out of git, so the fixture's tracked files do not change). The "laptop" is a `git clone` of that
 commit that has never run a stage: after `dvc pull` it must be up to date (`dvc status`, and a `dvc repro`
@@ -47,9 +48,9 @@ def lock_md5(repo: Path, stage: str, path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pushed(tiny_run, tmp_path_factory) -> tuple[Path, dict, Path]:
+def pushed(tiny_run_copy, tmp_path_factory) -> tuple[Path, dict, Path]:
     """The box's models and data pushed to a directory remote."""
-    box, env = tiny_run
+    box, env, _ = tiny_run_copy
     storage = tmp_path_factory.mktemp("dvc-remote")
     tracked = run(["git", "status", "--porcelain"], box, env)
     run(["dvc", "remote", "add", "--local", "--force", REMOTE, str(storage)], box, env)

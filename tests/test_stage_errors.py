@@ -1,22 +1,9 @@
 """Bad input stops a stage before any expensive work, with one clear line, and nothing half-written."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-from lmforge.compose import compose
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_stage(workdir: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    compose(workdir / "params.yaml", ["profile=tiny", *overrides], conf_dir=ROOT / "conf")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
+from helpers import run_stage
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *expected: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmforge import quiet
 from lmforge.compression.linear import linear_layers
 
 
@@ -86,7 +87,8 @@ def calibrate(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> Calibr
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start:start + batch_size]
-            model(input_ids=batch)
+            with quiet.third_party():  # packed blocks: no padding, no attention mask needed
+                model(input_ids=batch)
             result.tokens += batch.numel()
     finally:
         for handle in handles:

@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lmforge import quiet
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
@@ -69,7 +71,8 @@ def _quiet() -> Iterator[None]:
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        yield
+        with quiet.third_party():  # and the exporter's and quantizer's warnings meant for their own users
+            yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

@@ -40,7 +40,7 @@ from transformers import (
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from lmforge import hardware, paths
+from lmforge import hardware, paths, quiet
 from lmforge.artifacts import atomic_dir, write_json, write_text
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
@@ -429,14 +429,16 @@ def fit(
                        if not name.startswith(TRAINING_AIDS))
         if complete:
             log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
-            trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
+            with quiet.third_party():
+                trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
             trainer.state = resumed_state
             seconds, runtime_this_process = seconds_before, 0.0
         else:
             log.info("%s: %d parameters, %d steps of %d examples (%d per process, %d processes)", stage, n_params,
                      cfg.max_steps, cfg.batch_size * cfg.grad_accum_steps, args.per_device_train_batch_size, processes)
             try:
-                result = trainer.train(resume_from_checkpoint=resume_from)
+                with quiet.third_party():  # the Trainer's notes on checkpoint order
+                    result = trainer.train(resume_from_checkpoint=resume_from)
             except TrainingDiverged as exc:
                 raise TrainingDiverged(f"{stage}: {exc}; nothing saved to {output}") from None
             # the time the final checkpoint recorded, as a rerun of this complete run will report it
