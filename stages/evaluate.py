@@ -6,7 +6,7 @@
 from lmforge import stage
 from lmforge.config import stage_params
 from lmforge.evaluation.evaluate import evaluate
-from lmforge.evaluation.report import write_report
+from lmforge.report import write_report
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ def main() -> None:
     from lmforge.compression.calibration import calibration_blocks
     from lmforge.compression.prune import make_permanent
     from lmforge.config import RecoveryConfig, TrainConfig
+    from lmforge.data import processed as data
     from lmforge.evaluation import gate
     from lmforge.modeling.checks import load_model
     from lmforge.modeling.family import head_of
-    from lmforge.training import data
     from lmforge.training.distill import DistillationTrainer
     from lmforge.training.runner import fingerprint, fit, save_model
 

@@ -24,7 +24,7 @@ from lmforge.compression.task_head import TaskModel, applies, full_model_predict
 from lmforge.config import QuantizeConfig, stage_params
 from lmforge.errors import DataError
 from lmforge.evaluation import gate, metrics
-from lmforge.modelcard import write_bundle
+from lmforge.modeling.card import write_bundle
 from lmforge.modeling.checks import load_model
 from lmforge.modeling.family import is_classifier
 

@@ -17,12 +17,12 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmforge import paths
+from lmforge import paths, report
 from lmforge.compose import compose
 from lmforge.config import stage_params
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation import evaluate as evaluate_module
-from lmforge.evaluation import metrics, report
+from lmforge.evaluation import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 100

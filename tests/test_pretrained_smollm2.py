@@ -84,7 +84,7 @@ def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
 def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatch):
     from lmforge.data import preprocess as preprocess_module
     from lmforge.evaluation.evaluate import evaluate
-    from lmforge.evaluation.report import write_report
+    from lmforge.report import write_report
     from lmforge.training.distill import distill
     from lmforge.training.lm import finetune, pretrain
 

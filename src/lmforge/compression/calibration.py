@@ -38,7 +38,7 @@ class Calibration:
 def calibration_blocks(samples: int, seed: int) -> torch.Tensor:
     """`samples` LM blocks of the train split, half general and half domain text, in a seeded order."""
     from lmforge import paths
-    from lmforge.training.data import lm_examples
+    from lmforge.data.processed import lm_examples
 
     generator = torch.Generator().manual_seed(seed)
     parts = []

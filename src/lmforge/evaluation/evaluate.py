@@ -19,12 +19,12 @@ from lmforge import hardware, paths
 from lmforge.artifacts import read_json
 from lmforge.compression.quantize import weights_bytes
 from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig, Params
+from lmforge.data.external import load_external_sets
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
-from lmforge.evaluation.external import load_external_sets
-from lmforge.evaluation.report import format_value
 from lmforge.modeling.family import is_encoder, kind_of
-from lmforge.modelio import load_weights
+from lmforge.modeling.io import load_weights
+from lmforge.report import format_value
 from lmforge.training.objectives import nsp_pairs
 
 log = logging.getLogger(__name__)

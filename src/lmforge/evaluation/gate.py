@@ -39,7 +39,7 @@ class ValidationData:
 def validation_data(limit: int) -> ValidationData:
     """At most `limit` validation blocks of each corpus and `limit` validation task examples."""
     from lmforge import paths
-    from lmforge.training import data
+    from lmforge.data import processed as data
 
     prompts, labels = data.task_prompts("validation", limit)
     return ValidationData(

@@ -32,7 +32,7 @@ from lmforge import paths
 from lmforge.artifacts import atomic_dir, read_json, write_json
 from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError, missing_input
-from lmforge.modelcard import write_bundle
+from lmforge.modeling.card import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder
 

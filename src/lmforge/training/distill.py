@@ -27,12 +27,12 @@ from transformers import PreTrainedModel
 from lmforge import paths
 from lmforge.compression.calibration import blocks_of, calibrate, calibration_blocks, most_influential_blocks
 from lmforge.config import KDConfig, Params
+from lmforge.data import processed as data
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import gate
 from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
 from lmforge.modeling.checks import load_model
 from lmforge.modeling.family import head_of, is_classifier
-from lmforge.training import data
 from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss
 from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
 

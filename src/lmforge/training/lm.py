@@ -11,12 +11,12 @@ from transformers import BertForMaskedLM, BertForPreTraining, set_seed
 
 from lmforge import paths
 from lmforge.config import Params
+from lmforge.data import processed as data
 from lmforge.errors import missing_input
 from lmforge.evaluation import metrics as measures
 from lmforge.modeling.build import build_model
 from lmforge.modeling.checks import load_model
 from lmforge.modeling.pretrained import base_checkpoint
-from lmforge.training import data
 from lmforge.training.objectives import attach_replay_head, detach_replay_head, nsp_pairs, to_classifier
 from lmforge.training.runner import fingerprint, fit
 

@@ -43,12 +43,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from lmforge import hardware, paths
 from lmforge.artifacts import atomic_dir, replace_dir, write_json, write_text
 from lmforge.config import TrainConfig
+from lmforge.data.processed import collator_for
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.modelcard import write_bundle
+from lmforge.modeling.card import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder, kind_of_model
 from lmforge.stage import is_main_process
-from lmforge.training.data import collator_for
 from lmforge.training.objectives import training_loss
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ import torch
 from lmforge.artifacts import read_json
 from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
-from lmforge.modelcard import TASK_FILE
+from lmforge.modeling.card import TASK_FILE
 from lmforge.paths import producer_of
 
 BATCH_SIZE = 32
