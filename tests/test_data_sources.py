@@ -19,9 +19,10 @@ from lmforge import paths
 from lmforge.compose import compose
 from lmforge.config import CorpusConfig, stage_params
 from lmforge.data.cleaning import detokenize_wikitext, normalized_key
-from lmforge.data.preprocess import check_leakage, clean_corpus, preprocess
+from lmforge.data.preprocess import check_leakage, clean_corpus
 from lmforge.data.sources import load_corpus
 from lmforge.errors import ConfigError, DataError
+from stages.preprocess import main as preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

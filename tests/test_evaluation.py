@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -17,11 +16,11 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import stages.evaluate as evaluate_module
 from lmforge import paths, report
 from lmforge.compose import compose
 from lmforge.config import stage_params
 from lmforge.errors import ConfigError, DataError
-from lmforge.evaluation import evaluate as evaluate_module
 from lmforge.evaluation import metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +192,7 @@ def layout(tmp_path, monkeypatch):
 
 
 def run_stage() -> None:
-    runpy.run_path(str(REPO / "stages" / "evaluate.py"), run_name="test")["main"]()
+    evaluate_module.main(stage_params(*evaluate_module.PARAMS))
 
 
 def test_evaluate_stage_writes_metrics_plots_and_report(layout):
@@ -274,7 +273,7 @@ def test_unknown_model_name_is_a_config_error(layout):
     params = stage_params("evaluate", path=layout / "params.yaml")
     params.evaluate.models = ["teacher", "distilled"]
     with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
-        evaluate_module.evaluate(params)
+        evaluate_module.main(params)
 
 
 def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):

@@ -15,7 +15,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.compression import onnx_int8
 from lmforge.compression.task_head import TaskModel, full_model_predictions
-from lmforge.evaluation.metrics import _pad_right, count_parameters
+from lmforge.evaluation.metrics import count_parameters
+from lmforge.evaluation.metrics import pad_right as _pad_right
 
 VOCAB, WIDTH = 512, 64
 # Tolerances (tiny GPT-2, 2 x 64, random weights, logits of magnitude ~1):

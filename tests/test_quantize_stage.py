@@ -3,7 +3,6 @@ coverage check, atomic swap, validation loss / accuracy against the input, the t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,10 +17,12 @@ from tokenizers.pre_tokenizers import Whitespace
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+import stages.quantize as quantize_stage
 from lmforge import paths
 from lmforge.compose import compose
 from lmforge.compression.prune import l1_unstructured, make_permanent
 from lmforge.compression.quantize import MANIFEST_FILE, QuantizationError, load_quantized
+from lmforge.config import stage_params
 from lmforge.errors import ConfigError
 from lmforge.evaluation import metrics
 from lmforge.evaluation.gate import GateError
@@ -32,10 +33,7 @@ LABEL_IDS = [5, 6]
 
 
 def stage_main():
-    spec = importlib.util.spec_from_file_location("quantize_stage", REPO / "stages" / "quantize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return lambda: quantize_stage.main(stage_params(*quantize_stage.PARAMS))
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -167,7 +165,7 @@ def gate_inputs() -> float:
     """models/teacher (another tiny GPT-2) and general validation blocks; the task's labels become the teacher's own
     predictions, so the teacher is right on every example and the quantized model (a different one) is not.
     Returns the teacher's validation accuracy."""
-    from lmforge.evaluation import gate
+    from lmforge.data.processed import validation_data
 
     torch.manual_seed(7)
     teacher = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
@@ -182,7 +180,7 @@ def gate_inputs() -> float:
         str(paths.TASK) + ".new")
     shutil.rmtree(paths.TASK)
     Path(str(paths.TASK) + ".new").rename(paths.TASK)
-    return gate.measure(teacher, gate.validation_data(256))["accuracy"]
+    return metrics.measure(teacher, validation_data(256))["accuracy"]
 
 
 def test_the_quantize_gate_passes_within_its_limit_and_a_failing_one_keeps_the_previous_model(workdir):

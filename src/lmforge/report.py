@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from lmforge import paths
 from lmforge.artifacts import atomic_file, write_json, write_text
+from lmforge.evaluation.gate import shortfalls
 from lmforge.stage import finite_metrics, write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
@@ -52,18 +53,13 @@ def pareto_front(models: dict[str, dict[str, Any]], cost: str) -> list[str]:
 
 
 def gate_failures(row: dict[str, Any], ref: dict[str, Any], gate: dict[str, Any]) -> list[str]:
-    """Why `row` is not as good as the reference under `gate` (empty: it passes)."""
+    """Why `row` is not as good as the reference under `gate` (empty: it passes), by the stages' own rule."""
     failures = []
-    if gate.get("max_accuracy_drop") is not None:  # null: not checked, as in the stages' gates
-        floor = ref["accuracy"] - gate["max_accuracy_drop"]
-        if row["accuracy"] < floor - 1e-9:
-            failures.append(f"accuracy {row['accuracy']:.3f} < {floor:.3f}")
-    if gate.get("max_ppl_ratio") is not None:
-        for key in ("ppl_general", "ppl_domain"):
-            if ref[key] is None or row[key] is None:  # a classifier: no LM head, no perplexity
-                continue
-            if row[key] > gate["max_ppl_ratio"] * ref[key] + 1e-9:
-                failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
+    for key in shortfalls(row, ref, gate.get("max_accuracy_drop"), gate.get("max_ppl_ratio")):
+        if key == "accuracy":
+            failures.append(f"accuracy {row['accuracy']:.3f} < {ref['accuracy'] - gate['max_accuracy_drop']:.3f}")
+        else:
+            failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
     return failures
 
 

@@ -1,4 +1,5 @@
-"""The common frame of every stage entrypoint: logging, clean exits on user errors, and the metrics writer."""
+"""The common frame of every stage recipe (stages/<name>.py): logging, clean exits on user errors, the metrics
+writer, the gate against the teacher and the model-folder writer."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge.artifacts import write_json
-from lmforge.config import PARAMS_FILE
+from lmforge.artifacts import atomic_dir, write_json
+from lmforge.config import PARAMS_FILE, GateConfig
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.gate import check as gate_check
+from lmforge.modeling.card import write_bundle
 
 log = logging.getLogger("lmforge")
 
@@ -78,3 +81,30 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
         log.warning("%s: non-finite values written as null: %s", path, ", ".join(bad))
     write_json(path, clean)
     log.info("wrote %s", path)
+
+
+def gate(stage: str, cfg: GateConfig | None, output: Path,
+         measure: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """A compression stage's gate against the teacher, run before it saves: `{"enabled": False}` without
+    `<stage>.gate` (nothing is measured); else `measure()` returns (the model's, the teacher's) validation
+    numbers (lmforge.evaluation.metrics.measure), and GateError stops the stage, `output` left as it was,
+    when the model lost more than the gate allows."""
+    if cfg is None:
+        return {"enabled": False}
+    measured, teacher = measure()
+    return gate_check(stage, cfg, measured, teacher, str(output))
+
+
+def save(output: Path, stage: str, write: Callable[[Path], object], *, tokenizer: Any = None,
+         metrics: dict[str, Any] | None = None, source: Path | None = None) -> None:
+    """Write the model folder `output` of `stage` atomically: `write(folder)` puts the weights (and any
+    manifest) in a temporary folder, then the tokenizer, task_meta.json and the model card (with `metrics`)
+    are added, and the folder replaces `output` whole. A distributed run's main process writes it."""
+    if not is_main_process():
+        return
+    with atomic_dir(output) as folder:
+        write(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        write_bundle(folder, stage, metrics=metrics, source=source)
+    log.info("%s: saved %s", stage, output)

@@ -76,6 +76,26 @@ def task_prompts(split: str, limit: int | None = None) -> tuple[list[list[int]],
     return list(examples["prompt_ids"]), list(examples["label"])
 
 
+@dataclass
+class ValidationData:
+    """What a compression stage checks its model and the teacher on (lmforge.evaluation.metrics.measure)."""
+
+    general: list[list[int]]
+    domain: list[list[int]]
+    prompts: list[list[int]]
+    labels: list[int]
+    label_token_ids: list[int]
+
+
+def validation_data(limit: int) -> ValidationData:
+    """At most `limit` validation blocks of each corpus and `limit` validation task examples."""
+    prompts, labels = task_prompts("validation", limit)
+    return ValidationData(
+        general=list(lm_examples(paths.LM_GENERAL, "validation", limit)["input_ids"]),
+        domain=list(lm_examples(paths.LM_DOMAIN, "validation", limit)["input_ids"]),
+        prompts=prompts, labels=labels, label_token_ids=task_meta()["label_token_ids"])
+
+
 def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int, head: str = "lm") -> Dataset:
     """`num_examples` training examples drawn from domain blocks, task examples and general blocks
     with probabilities proportional to the mixture weights; each source is cycled through in a

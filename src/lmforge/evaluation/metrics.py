@@ -22,6 +22,8 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from lmforge.data.processed import ValidationData
+from lmforge.modeling.family import is_classifier
 from lmforge.training.losses import MLM_PROBABILITY
 
 # GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary);
@@ -29,7 +31,7 @@ from lmforge.training.losses import MLM_PROBABILITY
 EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens", "word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input_ids and attention_mask. The pad value is never seen by a real position:
     it comes after every real token and attention is causal (or masked, in an encoder). A GPT-2 or Llama
     classifier finds its last real token by the pad id, so it gets its own (`pad_id_of`)."""
@@ -59,7 +61,7 @@ def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batc
     model.eval()
     nll_sum, n_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids, mask = _pad_right(blocks[start : start + batch_size])
+        ids, mask = pad_right(blocks[start : start + batch_size])
         logits = _logits(model, ids, mask)[:, :-1]
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
@@ -88,7 +90,7 @@ def masked_perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Datase
     special = torch.tensor(list(special_ids), dtype=torch.long)
     nll_sum, n_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids, mask = _pad_right(blocks[start : start + batch_size])
+        ids, mask = pad_right(blocks[start : start + batch_size])
         chosen = (torch.rand(ids.shape, generator=generator) < probability) & (mask == 1) & ~torch.isin(ids, special)
         if not chosen.any():
             continue
@@ -131,7 +133,7 @@ def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = _pad_right([prompt_ids[i] for i in idx], pad_id_of(model))
+        ids, mask = pad_right([prompt_ids[i] for i in idx], pad_id_of(model))
         logits = _logits(model, ids, mask)
         if logits.dim() == 2:  # a classifier: one row of label logits per prompt
             out[idx] = logits.log_softmax(dim=-1)
@@ -251,3 +253,21 @@ def throughput(model: nn.Module, batch: int, seq_len: int, runs: int, vocab_size
             model(input_ids=ids, attention_mask=mask)
         elapsed = time.perf_counter() - start
     return batch * seq_len * runs / elapsed
+
+
+def measure(model: nn.Module, val: ValidationData, batch_size: int = 16) -> dict[str, float | None]:
+    """Validation accuracy and perplexities of `model` (left on the CPU, in eval mode), what a compression
+    stage compares with the teacher (lmforge.evaluation.gate); a diverged model's perplexity is inf, a
+    classifier's None (label logits only)."""
+    def ppl(blocks: list[list[int]]) -> float:
+        try:
+            return round(perplexity(model, blocks, batch_size), 4)
+        except OverflowError:
+            return math.inf
+
+    if isinstance(model, nn.Module):  # an ONNX Runtime session has no device to move
+        model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
+    accuracy = task_accuracy(model, val.prompts, val.labels, val.label_token_ids, batch_size)
+    if is_classifier(model):
+        return {"accuracy": round(accuracy, 4), "ppl_general": None, "ppl_domain": None}
+    return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}
