@@ -17,7 +17,7 @@ from typing import Any
 
 from lmforge import paths, stage
 from lmforge.artifacts import atomic_dir, write_json
-from lmforge.config import Params, stage_params
+from lmforge.config import Params
 
 PARAMS = ("model",)
 BASE = paths.model_dir("base")
@@ -54,4 +54,4 @@ def main(params: Params, out: Path = BASE) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -12,9 +12,9 @@ import logging
 from typing import Any
 
 from lmforge import paths, stage
-from lmforge.config import Params, stage_params, student_shape
+from lmforge.config import Params, student_shape
 
-PARAMS = ("model", "student", "distill")
+PARAMS = ("seed", "model", "student", "distill")
 log = logging.getLogger("lmforge.distill")
 
 
@@ -79,7 +79,9 @@ def student_layer_map(teacher, params: Params) -> tuple[list[int] | None, list[f
     """The teacher layers the student starts from, and the measured block influence they were chosen by.
 
     (None, []) when no layer is copied (a narrower student) or `even` spacing is asked for."""
-    from lmforge.compression.calibration import calibrate, calibration_blocks, most_influential_blocks  # torch
+    from lmforge.compression.calibration import calibrate  # torch: imported after validation, as in main
+    from lmforge.data.processed import calibration_blocks
+    from lmforge.modeling.arch import most_influential_blocks
 
     cfg = params.student
     n_layer, _, n_embd = student_shape(params.model, cfg)
@@ -94,4 +96,4 @@ def student_layer_map(teacher, params: Params) -> tuple[list[int] | None, list[f
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

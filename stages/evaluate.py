@@ -17,7 +17,7 @@ from typing import Any
 
 from lmforge import hardware, paths, stage
 from lmforge.artifacts import read_json
-from lmforge.config import Params, stage_params
+from lmforge.config import Params
 from lmforge.data.external import load_external_sets
 from lmforge.data.processed import load_tokenizer
 from lmforge.evaluation.evaluate import (
@@ -33,9 +33,11 @@ from lmforge.evaluation.evaluate import (
     test_split,
     width,
 )
-from lmforge.report import write_report
+from lmforge.report import format_value, write_report
 
-PARAMS = ("evaluate", "model")  # model.init: whether the base model is measured too; seed: masked positions
+# seed: an encoder's masked positions; model.init: whether the base model is measured too; model.arch: an encoder's
+# base has no head to measure
+PARAMS = ("seed", "evaluate", "model.init", "model.arch")
 log = logging.getLogger("lmforge.evaluate")
 
 
@@ -73,6 +75,11 @@ def main(params: Params) -> dict[str, Any]:
             results[name] = measure_model(name, model, cfg, general, domain, prompts, labels, label_token_ids,
                                           seed, external)
         results[name]["precision"] = precision
+        row = results[name]
+        if row["accuracy"] is not None:  # an encoder without a task head logged its own line
+            log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, %.0f tokens/s", name,
+                     format_value(row["ppl_general"], "{:.2f}"), format_value(row["ppl_domain"], "{:.2f}"),
+                     row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
         del model
     add_relative(results)  # retention, speed-up and compression against the teacher
 
@@ -92,4 +99,4 @@ def main(params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

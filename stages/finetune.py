@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge import paths, stage
-from lmforge.config import Params, stage_params
+from lmforge.config import Params
 
-PARAMS = ("finetune", "task")
+PARAMS = ("seed", "task", "finetune")
 
 
 def main(params: Params) -> dict[str, Any]:
@@ -50,4 +50,4 @@ def main(params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -19,7 +19,7 @@ from datasets import DatasetDict
 
 from lmforge import paths, stage
 from lmforge.artifacts import atomic_dir, write_json
-from lmforge.config import DataConfig, Params, PreprocessConfig, stage_params
+from lmforge.config import DataConfig, Params, PreprocessConfig
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
 from lmforge.data.cleaning import DocumentFilter, normalized_key
 from lmforge.data.preprocess import (
@@ -44,7 +44,7 @@ from lmforge.data.preprocess import (
 from lmforge.errors import DataError
 from lmforge.modeling.family import is_encoder
 
-PARAMS = ("data", "preprocess", "model")  # model.arch: an encoder's tokenizer gets BERT's special tokens
+PARAMS = ("seed", "data", "preprocess", "model.arch")  # model.arch: an encoder's tokenizer gets BERT's specials
 log = logging.getLogger("lmforge.preprocess")
 
 
@@ -133,4 +133,4 @@ def main(params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -13,10 +13,10 @@ import logging
 from typing import Any
 
 from lmforge import paths, stage
-from lmforge.config import Params, stage_params
+from lmforge.config import Params
 from lmforge.errors import missing_input
 
-PARAMS = ("model", "pretrain")
+PARAMS = ("seed", "model", "pretrain")
 log = logging.getLogger("lmforge.pretrain")
 
 
@@ -26,11 +26,11 @@ def main(params: Params) -> dict[str, Any]:
     from transformers import BertForMaskedLM, BertForPreTraining, set_seed
 
     from lmforge.data import processed as data
+    from lmforge.data.examples import nsp_pairs
     from lmforge.evaluation import metrics as measures
     from lmforge.modeling.build import build_model
     from lmforge.modeling.checks import load_model
     from lmforge.modeling.pretrained import base_checkpoint
-    from lmforge.training.objectives import nsp_pairs
     from lmforge.training.runner import fingerprint, fit
 
     cfg, seed = params.pretrain, params.seed
@@ -75,4 +75,4 @@ def main(params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge import paths, stage
-from lmforge.config import Params, RecoveryConfig, TrainConfig, stage_params
+from lmforge.config import Params, RecoveryConfig, TrainConfig
 
-PARAMS = ("prune",)
+PARAMS = ("seed", "prune")
 VALIDATION_EXAMPLES = 256  # validation blocks per corpus and task examples: recovery eval, gate, metrics
 
 
@@ -23,7 +23,6 @@ def main(params: Params) -> dict[str, Any]:
     # and a bad parameter should fail at once
     from lmforge.artifacts import dir_bytes
     from lmforge.compression import lowrank, methods
-    from lmforge.compression.calibration import calibration_blocks
     from lmforge.compression.prune import make_permanent
     from lmforge.data import processed as data
     from lmforge.evaluation import metrics as measures
@@ -47,7 +46,7 @@ def main(params: Params) -> dict[str, Any]:
                                               "student": measures.measure(model, val)}}
 
     # calibrate and apply the method(s), in order
-    blocks = calibration_blocks(cfg.calibration.samples, seed)
+    blocks = data.calibration_blocks(cfg.calibration.samples, seed)
     model, metrics["methods"] = methods.apply(model, cfg, blocks)
     metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())}
     metrics["validation"]["pruned"] = measures.measure(model, val)
@@ -103,4 +102,4 @@ def _describe(model) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -26,12 +26,13 @@ from transformers import AutoTokenizer
 from lmforge import paths, stage
 from lmforge.compression import onnx_int8, quantize
 from lmforge.compression.task_head import TaskModel, applies, full_model_predictions
-from lmforge.config import Params, QuantizeConfig, stage_params
+from lmforge.config import Params, QuantizeConfig
 from lmforge.data import processed as data
 from lmforge.errors import DataError
 from lmforge.evaluation import metrics
 from lmforge.modeling.checks import load_model
 from lmforge.modeling.family import is_classifier
+from lmforge.modeling.io import weights_bytes
 
 PARAMS = ("quantize",)
 BATCH = 16
@@ -84,7 +85,7 @@ def main(params: Params) -> dict[str, Any]:
             log.info("quantize.task_model: a classifier (task.head=classifier) is its own task model: nothing to add")
         elif cfg.task_model:
             task = task_model(model, quantized, work, cfg, val)
-        weights_bytes = quantize.weights_bytes(work)
+        quantized_bytes = weights_bytes(work)
         task_bytes = (work / onnx_int8.TASK_FILE).stat().st_size if (work / onnx_int8.TASK_FILE).is_file() else None
 
         # save: the work folder's files, the tokenizer and the card, swapped in whole
@@ -98,7 +99,7 @@ def main(params: Params) -> dict[str, Any]:
              report["coverage"], before["val_loss"], after["val_loss"], before["val_accuracy"], after["val_accuracy"])
 
     # metrics
-    input_bytes = quantize.weights_bytes(source)
+    input_bytes = weights_bytes(source)
     result = {
         "method": cfg.method,
         "per_channel": cfg.per_channel,
@@ -106,9 +107,9 @@ def main(params: Params) -> dict[str, Any]:
         "coverage": report["coverage"],
         "int8_params": report["int8_params"],
         "linear_params": report["linear_params"],
-        "weights_bytes": weights_bytes,
+        "weights_bytes": quantized_bytes,
         "input_weights_bytes": input_bytes,
-        "bytes_ratio": round(weights_bytes / input_bytes, 4),
+        "bytes_ratio": round(quantized_bytes / input_bytes, 4),
         **({"task_model_bytes": task_bytes} if task_bytes else {}),
         "input_val_loss": before["val_loss"], "val_loss": after["val_loss"],
         "val_loss_delta": round(after["val_loss"] - before["val_loss"], 4),
@@ -174,4 +175,4 @@ def task_model(model_fp32, quantized, out: Path, cfg: QuantizeConfig, val: dict)
 
 
 if __name__ == "__main__":
-    stage.run(lambda: main(stage_params(*PARAMS)))
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import stages.evaluate as evaluate_module
-from lmforge import paths, report
+from lmforge import paths, report, stage
 from lmforge.compose import compose
 from lmforge.config import stage_params
 from lmforge.errors import ConfigError, DataError
@@ -192,7 +192,7 @@ def layout(tmp_path, monkeypatch):
 
 
 def run_stage() -> None:
-    evaluate_module.main(stage_params(*evaluate_module.PARAMS))
+    evaluate_module.main(stage.params(evaluate_module.PARAMS))
 
 
 def test_evaluate_stage_writes_metrics_plots_and_report(layout):

@@ -18,11 +18,10 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import stages.quantize as quantize_stage
-from lmforge import paths
+from lmforge import paths, stage
 from lmforge.compose import compose
 from lmforge.compression.prune import l1_unstructured, make_permanent
 from lmforge.compression.quantize import MANIFEST_FILE, QuantizationError, load_quantized
-from lmforge.config import stage_params
 from lmforge.errors import ConfigError
 from lmforge.evaluation import metrics
 from lmforge.evaluation.gate import GateError
@@ -33,7 +32,7 @@ LABEL_IDS = [5, 6]
 
 
 def stage_main():
-    return lambda: quantize_stage.main(stage_params(*quantize_stage.PARAMS))
+    return lambda: quantize_stage.main(stage.params(quantize_stage.PARAMS))
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.artifacts import atomic_dir, write_json
-from lmforge.config import PARAMS_FILE, GateConfig
+from lmforge.config import PARAMS_FILE, TOP_LEVEL_KEYS, GateConfig, Params, stage_params
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.gate import check as gate_check
 from lmforge.modeling.card import write_bundle
@@ -108,3 +108,11 @@ def save(output: Path, stage: str, write: Callable[[Path], object], *, tokenizer
             tokenizer.save_pretrained(folder)
         write_bundle(folder, stage, metrics=metrics, source=source)
     log.info("%s: saved %s", stage, output)
+
+
+def params(declared: tuple[str, ...]) -> Params:
+    """The validated params.yaml for a recipe's `PARAMS`, the entries of its dvc.yaml `params:` (a section,
+    `seed`, or one key such as `model.arch`, which brings its section): the sections it did not declare are
+    None, so it cannot read them by mistake (tests/test_dvc_deps.py checks PARAMS against dvc.yaml)."""
+    sections = dict.fromkeys(entry.split(".")[0] for entry in declared if entry not in TOP_LEVEL_KEYS)
+    return stage_params(*sections)

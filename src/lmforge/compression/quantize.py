@@ -13,20 +13,20 @@ The stage itself (load -> quantize -> check -> save atomically -> metrics) is st
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from lmforge.artifacts import read_json, write_json
+from lmforge.artifacts import write_json
 from lmforge.compression.model_class import save_config
 from lmforge.config import QuantizeConfig
-from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.modeling.io import QUANTIZED_MANIFEST, QUANTIZED_METHODS, method_of
 
-MANIFEST_FILE = "quantization.json"
-METHODS = ("dynamic_int8", "onnx_int8", "bf16")
+MANIFEST_FILE = QUANTIZED_MANIFEST
+METHODS = QUANTIZED_METHODS
 
 
 class QuantizationError(LmforgeError):
@@ -94,27 +94,6 @@ def context_length(model: nn.Module) -> int:
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
 
 
-def weights_bytes(path: str | Path) -> int:
-    """Bytes of a model folder's weights: safetensors or model.onnx (not the task-only task.onnx)."""
-    files = [p for p in Path(path).rglob("*") if p.is_file()
-             and (p.suffix == ".safetensors" or p.name == "model.onnx")]
-    return sum(p.stat().st_size for p in files)
-
-
-def method_of(path: str | Path) -> str:
-    """The method named by a quantized folder's manifest; DataError naming the file if unreadable."""
-    manifest_path = Path(path) / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise DataError(f"{manifest_path}: missing; {path} is not a quantized model folder of lmforge")
-    try:
-        method = read_json(manifest_path).get("method")
-    except (ValueError, AttributeError) as exc:
-        raise DataError(f"{manifest_path}: not a JSON object: {exc}") from exc
-    if method not in METHODS:
-        raise DataError(f"{manifest_path}: method {method!r}, expected one of {', '.join(METHODS)}")
-    return method
-
-
 def load_quantized(path: str | Path, threads: int | None = None) -> Any:
     """Load any folder written by the quantize stage, in its own runtime (ONNX: an ORT session with
     `threads` intra-op threads; int8 torch: dynamic-quantized modules; bf16: a bf16 model)."""
@@ -131,10 +110,3 @@ def load_quantized(path: str | Path, threads: int | None = None) -> Any:
     from lmforge.compression import bf16
 
     return bf16.load(path)
-
-
-def manifest(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(path) / MANIFEST_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{Path(path) / MANIFEST_FILE}: cannot be read: {exc}") from exc

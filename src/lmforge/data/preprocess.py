@@ -33,6 +33,7 @@ from lmforge.config import DataConfig, PreprocessConfig
 from lmforge.data import RawCorpora, sources, synthetic
 from lmforge.data.arrow_files import BlockWriter, TextFile
 from lmforge.data.cleaning import DocumentFilter, digest, overlap_key
+from lmforge.data.examples import encode_prompts
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -316,19 +317,6 @@ def _text_batches(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def encode_prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
-                   block_size: int) -> tuple[list[list[int]], list[bool]]:
-    """Token ids of review + prompt, as every model is asked (task examples and external test sets alike),
-    and whether each was truncated: a review too long for the block keeps its end, leaving one position
-    for the label word."""
-    room = block_size - 1
-    ids = tokenizer([text + prompt for text in texts])["input_ids"]
-    cls = tokenizer.cls_token_id  # an encoder's classifier reads [CLS]: it stays first
-    kept = [x[:1] + x[len(x) - room + 1:] if cls is not None and x[0] == cls and len(x) > room else x[-room:]
-            for x in ids]
-    return kept, [len(x) > room for x in ids]
 
 
 def _procs(num_proc: int, docs: list) -> int | None:

@@ -17,15 +17,13 @@ from torch import nn
 
 from lmforge import hardware, paths
 from lmforge.artifacts import read_json
-from lmforge.compression.quantize import weights_bytes
 from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig
+from lmforge.data.examples import nsp_pairs
 from lmforge.data.processed import load_tokenizer
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.modeling.family import is_encoder, kind_of
-from lmforge.modeling.io import load_weights
-from lmforge.report import format_value
-from lmforge.training.objectives import nsp_pairs
+from lmforge.modeling.io import load_weights, method_of, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +75,6 @@ def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, dom
     row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
                                              cfg.throughput_runs, vocab_size, threads=cfg.threads,
                                              seed=seed)
-    log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, %.0f tokens/s", name,
-             format_value(row["ppl_general"], "{:.2f}"), format_value(row["ppl_domain"], "{:.2f}"),
-             row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
     return row
 
 
@@ -90,8 +85,6 @@ def width(model_config: dict) -> int:
 def quantized_method(name: str) -> str | None:
     if name != "quantized":
         return None
-    from lmforge.compression.quantize import method_of
-
     return method_of(paths.model_dir(name))
 
 

@@ -22,9 +22,9 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from lmforge.data.examples import MLM_PROBABILITY
 from lmforge.data.processed import ValidationData
 from lmforge.modeling.family import is_classifier
-from lmforge.training.losses import MLM_PROBABILITY
 
 # GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary);
 # BERT's token, position and token-type embeddings

@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import AutoConfig
 
 from lmforge.errors import DataError, LmforgeError, missing_input, require, rerun_hint
+from lmforge.modeling.family import auto_class
 
 
 def _named_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
@@ -63,10 +65,6 @@ def load_model(folder: str | Path, model_class: type | None = None, **kwargs):
     """A `save_pretrained` folder of the chain as an fp32 model of its own kind (causal LM, masked LM,
     classifier: lmforge.modeling.family) or as `model_class` (a bare encoder with the heads of an objective),
     from safetensors only, checked finite."""
-    from transformers import AutoConfig
-
-    from lmforge.modeling.family import auto_class
-
     folder = require(folder)
     files = check_safetensors(folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)

@@ -31,12 +31,17 @@ from typing import Any
 import torch
 
 from lmforge.artifacts import read_json
+from lmforge.data.cleaning import clean_text
 from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.modeling.card import TASK_FILE
+from lmforge.modeling.checks import load_model as load_hf
+from lmforge.modeling.family import kind_of
 from lmforge.paths import producer_of
 
 BATCH_SIZE = 32
+QUANTIZED_MANIFEST = "quantization.json"  # lmforge.compression.quantize writes it
+QUANTIZED_METHODS = ("dynamic_int8", "onnx_int8", "bf16")  # the runtimes a quantized folder is loaded in
 GENERIC_MANIFEST = "config.json"  # every format carries one: it identifies a folder only when nothing else does
 
 
@@ -60,10 +65,8 @@ def register_format(name: str, manifest: str, weights: tuple[str, ...], load: Ca
 
 
 def _load_hf(folder: Path) -> Any:
-    from lmforge.modeling.checks import load_model
-
     # safetensors only, and a truncated file or a non-finite weight named with the stage that writes it
-    return load_model(folder)
+    return load_hf(folder)
 
 
 def _load_quantized(folder: Path, threads: int | None = None) -> Any:
@@ -79,9 +82,30 @@ def _load_lowrank(folder: Path) -> Any:
 
 
 register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), _load_hf)
-register_format("quantized", "quantization.json", ("model_int8.safetensors", "model.onnx", "model.safetensors"),
+register_format("quantized", QUANTIZED_MANIFEST, ("model_int8.safetensors", "model.onnx", "model.safetensors"),
                 _load_quantized)
 register_format("lowrank", "lowrank.json", ("model_lowrank.safetensors",), _load_lowrank)
+
+
+def weights_bytes(path: str | Path) -> int:
+    """Bytes of a model folder's weights: safetensors or model.onnx (not the task-only task.onnx)."""
+    files = [p for p in Path(path).rglob("*") if p.is_file()
+             and (p.suffix == ".safetensors" or p.name == "model.onnx")]
+    return sum(p.stat().st_size for p in files)
+
+
+def method_of(path: str | Path) -> str:
+    """The method named by a quantized folder's manifest; DataError naming the file if unreadable."""
+    manifest_path = Path(path) / QUANTIZED_MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: missing; {path} is not a quantized model folder of lmforge")
+    try:
+        method = read_json(manifest_path).get("method")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{manifest_path}: not a JSON object: {exc}") from exc
+    if method not in QUANTIZED_METHODS:
+        raise DataError(f"{manifest_path}: method {method!r}, expected one of {', '.join(QUANTIZED_METHODS)}")
+    return method
 
 
 def detect_format(folder: str | Path) -> ModelFormat:
@@ -137,8 +161,6 @@ class LoadedModel:
         """Label and probability of each text, exactly as evaluate scores the test reviews: cleaned text +
         prompt, kept from the end, and the most likely label word at the next position. The probability
         is renormalised over the label words."""
-        from lmforge.data.cleaning import clean_text
-
         task = self.require_task()
         room = task["max_prompt_tokens"]
         prompts = [ids[-room:] for ids in self.tokenizer([clean_text(t) + task["prompt"] for t in texts])["input_ids"]]
@@ -156,8 +178,6 @@ class LoadedModel:
                  seed: int = 0) -> str:
         """Sample a continuation of `prompt` (temperature 0: greedy), one full forward per token so that
         every format, not only `transformers` models, generates the same way."""
-        from lmforge.modeling.family import kind_of
-
         if kind_of(self.config) != "causal":
             raise ModelFolderError(f"{self.folder}: a {kind_of(self.config)} model "
                                    f"({', '.join(self.config.get('architectures') or ['?'])}) does not generate "

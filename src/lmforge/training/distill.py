@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lmforge.compression.calibration import blocks_of
 from lmforge.config import KDConfig
 from lmforge.errors import LmforgeError
+from lmforge.modeling.arch import blocks_of
 from lmforge.modeling.build import teacher_layer_map
 from lmforge.modeling.family import is_classifier
 from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss

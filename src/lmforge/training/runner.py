@@ -41,14 +41,13 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import hardware, paths
-from lmforge.artifacts import atomic_dir, replace_dir, write_json, write_text
+from lmforge.artifacts import replace_dir, write_json, write_text
 from lmforge.config import TrainConfig
-from lmforge.data.processed import collator_for
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.modeling.card import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder, kind_of_model
-from lmforge.stage import is_main_process
+from lmforge.training.collate import collator_for
 from lmforge.training.objectives import training_loss
 
 log = logging.getLogger(__name__)
@@ -364,17 +363,6 @@ def whole_run_loss(state: TrainerState) -> float | None:
             total += entry["loss"] * (entry["step"] - previous)
             previous = entry["step"]
     return total / previous if previous else None
-
-
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path, stage: str,
-               metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
-    """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
-    tokenizer to `output` atomically; for stages that check the trained model before saving it."""
-    if is_main_process():
-        with atomic_dir(output) as folder:
-            save(folder) if save is not None else model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            write_bundle(folder, stage, metrics=metrics)
 
 
 def fit(
