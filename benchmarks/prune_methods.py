@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from common import RESULTS, environment, write_json
 
-from lmforge.evaluation.evaluate import load_model
+from lmforge import paths
 from lmforge.evaluation.metrics import count_parameters
+from lmforge.modeling.io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -100,10 +101,10 @@ def main() -> None:
     cwd = os.getcwd()
     models = {}
     os.chdir(args.chain)
-    models["student"] = load_model("student")
+    models["student"] = load_model(paths.model_dir("student"))
     for name in names:
         os.chdir(args.work / name)
-        models[name] = load_model("pruned")
+        models[name] = load_model(paths.model_dir("pruned"))
     os.chdir(cwd)
     ms = latencies(models, args.seq_len, args.rounds, args.reps)
     student = stage_metrics[names[0]]["validation"]["student"]

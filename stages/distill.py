@@ -24,7 +24,7 @@ def main(params: Params) -> dict[str, Any]:
     from lmforge.data import processed as data
     from lmforge.evaluation import metrics as measures
     from lmforge.modeling.build import build_student, non_embedding_parameters
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf
     from lmforge.modeling.family import head_of
     from lmforge.training.distill import DistillationTrainer, attach_hidden_projection, detach_hidden_projection
     from lmforge.training.runner import fingerprint, fit
@@ -36,7 +36,7 @@ def main(params: Params) -> dict[str, Any]:
     student_shape(params.model, params.student)
 
     # load inputs: the teacher and the data
-    teacher = load_model(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    teacher = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
     tokenizer = data.load_tokenizer()
 
     # build the student from the teacher layers of most influence

@@ -25,7 +25,6 @@ from lmforge.evaluation.evaluate import (
     baselines,
     check_inputs,
     environment,
-    load_model,
     measure_model,
     models_to_measure,
     quantized_method,
@@ -33,6 +32,7 @@ from lmforge.evaluation.evaluate import (
     test_split,
     width,
 )
+from lmforge.modeling.io import load_model
 from lmforge.report import format_value, write_report
 
 # seed: an encoder's masked positions; model.init: whether the base model is measured too; model.arch: an encoder's
@@ -68,7 +68,7 @@ def main(params: Params) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(models, start=1):
         log.info("evaluate [%d/%d] %s: loading %s", i, len(models), name, paths.model_dir(name))
-        model = load_model(name, threads=cfg.threads)
+        model = load_model(paths.model_dir(name), threads=cfg.threads)  # in its own format and runtime
         # the quantized model runs in its own dtype and runtime: its row names the method
         precision = quantized_method(name) or env["precision"]["precision"]
         with hardware.autocast(precision):

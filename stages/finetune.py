@@ -21,7 +21,7 @@ def main(params: Params) -> dict[str, Any]:
     # imported once stage.run has validated the parameters: importing torch and transformers takes seconds,
     # and a bad parameter should fail at once
     from lmforge.data import processed as data
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf
     from lmforge.training.objectives import attach_replay_head, detach_replay_head, to_classifier
     from lmforge.training.runner import fingerprint, fit
 
@@ -29,7 +29,7 @@ def main(params: Params) -> dict[str, Any]:
     source = paths.model_dir("general")
 
     # load inputs: first the model, so a missing, truncated or NaN input stops here
-    model = load_model(source)
+    model = load_hf(source)
     tokenizer = data.load_tokenizer()
     if head == "classifier":
         lm = model

@@ -29,7 +29,7 @@ def main(params: Params) -> dict[str, Any]:
     from lmforge.data.examples import nsp_pairs
     from lmforge.evaluation import metrics as measures
     from lmforge.modeling.build import build_model
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf
     from lmforge.modeling.pretrained import base_checkpoint
     from lmforge.training.runner import fingerprint, fit
 
@@ -50,7 +50,7 @@ def main(params: Params) -> dict[str, Any]:
     else:
         set_seed(seed)  # the heads a bare encoder lacks are initialised from it
         encoder_class = {"mlm": BertForMaskedLM, "mlm_nsp": BertForPreTraining}.get(cfg.objective)
-        model = load_model(base, model_class=encoder_class)
+        model = load_hf(base, model_class=encoder_class)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise missing_input(paths.TOKENIZER, f"{len(tokenizer)} tokens, more than the "
                                 f"{model.get_input_embeddings().num_embeddings} embeddings of {base}: data/processed "

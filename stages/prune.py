@@ -26,7 +26,7 @@ def main(params: Params) -> dict[str, Any]:
     from lmforge.compression.prune import make_permanent
     from lmforge.data import processed as data
     from lmforge.evaluation import metrics as measures
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf
     from lmforge.modeling.family import head_of
     from lmforge.training.distill import DistillationTrainer
     from lmforge.training.runner import fingerprint, fit
@@ -37,8 +37,8 @@ def main(params: Params) -> dict[str, Any]:
 
     # load, and refuse a configuration this model cannot take before any work
     tokenizer = data.load_tokenizer()
-    model = load_model(source)  # safetensors only; a truncated file or a non-finite weight stops here
-    teacher = load_model(teacher_dir)
+    model = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    teacher = load_hf(teacher_dir)
     methods.check(cfg, model)
     val = data.validation_data(VALIDATION_EXAMPLES)
     metrics: dict[str, Any] = {"method": cfg.method, "before": _describe(model),

@@ -30,9 +30,8 @@ from lmforge.config import Params, QuantizeConfig
 from lmforge.data import processed as data
 from lmforge.errors import DataError
 from lmforge.evaluation import metrics
-from lmforge.modeling.checks import load_model
 from lmforge.modeling.family import is_classifier
-from lmforge.modeling.io import weights_bytes
+from lmforge.modeling.io import load_model, weights_bytes
 
 PARAMS = ("quantize",)
 BATCH = 16
@@ -49,7 +48,7 @@ def main(params: Params) -> dict[str, Any]:
         raise DataError(f"{source}: no model found (its config.json is missing); run `dvc repro prune` first")
 
     # load inputs: the model, the validation data of the checks (and training blocks for static calibration)
-    model = load_model(source).eval()  # safetensors only; a truncated file or a non-finite weight stops here
+    model = load_model(source)  # any format (a low-rank pruned model too); a truncated or non-finite one stops here
     val = {"blocks": list(data.lm_examples(paths.LM_DOMAIN, "validation", cfg.check_max_blocks)["input_ids"]),
            "calibration": list(data.lm_examples(paths.LM_DOMAIN, "train", cfg.calibration_blocks)["input_ids"]),
            "label_ids": data.task_meta()["label_token_ids"]}
@@ -75,7 +74,7 @@ def main(params: Params) -> dict[str, Any]:
         # gate against the teacher, before the new model replaces the old one
         def measure() -> tuple[dict, dict]:
             gate_val = data.validation_data(cfg.check_max_examples)
-            teacher = load_model(paths.model_dir("teacher")).eval()
+            teacher = load_model(paths.model_dir("teacher"))
             return metrics.measure(quantized, gate_val), metrics.measure(teacher, gate_val)
 
         gate_result = stage.gate("quantize", cfg.gate, target, measure)

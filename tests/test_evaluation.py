@@ -265,7 +265,7 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     folder.mkdir(parents=True)
     (folder / "quantization.json").write_text("{}")
     (folder / "model_int8.safetensors").write_bytes(b"")
-    assert evaluate_module.load_model("quantized") is int8
+    assert evaluate_module.load_model(paths.model_dir("quantized")) is int8
     assert calls == [Path("models/quantized")]
 
 
@@ -293,7 +293,7 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     pruned.save_pretrained(paths.model_dir("pruned"))
     paths.model_dir("quantized").mkdir()
     quantize.quantize_to(pruned, paths.model_dir("quantized"), cfg)
-    assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxModel)
+    assert isinstance(evaluate_module.load_model(paths.model_dir("quantized"), threads=1), OnnxModel)
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[pruned,quantized]", "evaluate.precision=fp32"],
             conf_dir=REPO / "conf")
     run_stage()

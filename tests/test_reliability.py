@@ -404,7 +404,7 @@ def test_one_helper_names_the_stage_that_makes_any_input_of_the_chain_again():
 
 def test_model_folders_are_read_from_safetensors_only(tmp_path):
     from lmforge.errors import DataError
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf as load_model
 
     folder = tiny_model_folder(tmp_path / "models/teacher", safetensors=False)  # pytorch_model.bin: a pickle
     with pytest.raises(DataError, match=r"no \.safetensors weights .*dvc repro finetune"):

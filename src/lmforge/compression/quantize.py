@@ -19,7 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from lmforge.artifacts import write_json
+from lmforge.artifacts import read_json, write_json
+from lmforge.compression import lowrank
 from lmforge.compression.model_class import save_config
 from lmforge.config import QuantizeConfig
 from lmforge.errors import ConfigError, LmforgeError
@@ -56,6 +57,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
     """Quantize `model` (left as it is) by `cfg.method` and write the folder `out_dir` (without the
     tokenizer); returns the coverage report, also stored in the manifest."""
     base = {"model_type": model.config.model_type}
+    factored = {"factored": layers} if (layers := lowrank.layout(model)) else {}  # a low-rank pruned model
     if cfg.method == "dynamic_int8":
         from lmforge.compression import dynamic_int8
 
@@ -63,7 +65,7 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
                                                                include_lm_head=cfg.include_lm_head)
         dynamic_int8.save_quantized(quantized, out_dir, manifest={
             "method": cfg.method, "per_channel": cfg.per_channel, "include_lm_head": cfg.include_lm_head,
-            "coverage": report, "base_model": base})
+            "coverage": report, "base_model": base, **factored})
         return report
     if cfg.method == "onnx_int8":
         from lmforge.compression import onnx_int8
@@ -85,7 +87,8 @@ def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
     else:  # pragma: no cover - the config schema allows only METHODS
         raise ConfigError(f"unknown quantize.method {cfg.method!r}")
     write_json(out_dir / MANIFEST_FILE, {"format_version": 1, "method": cfg.method, "per_channel": cfg.per_channel,
-                                         "block_size": cfg.block_size, "coverage": report, "base_model": base})
+                                         "block_size": cfg.block_size, "coverage": report, "base_model": base,
+                                         **factored})
     return report
 
 
@@ -109,4 +112,4 @@ def load_quantized(path: str | Path, threads: int | None = None) -> Any:
         return OnnxModel(path, threads=threads)
     from lmforge.compression import bf16
 
-    return bf16.load(path)
+    return bf16.load(path, read_json(path / MANIFEST_FILE).get("factored"))

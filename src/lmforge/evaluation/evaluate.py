@@ -13,7 +13,6 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from torch import nn
 
 from lmforge import hardware, paths
 from lmforge.artifacts import read_json
@@ -23,7 +22,7 @@ from lmforge.data.processed import load_tokenizer
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.modeling.family import is_encoder, kind_of
-from lmforge.modeling.io import load_weights, method_of, weights_bytes
+from lmforge.modeling.io import method_of, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +99,6 @@ def models_to_measure(models: list[str], model_cfg: ModelConfig | None) -> list[
                               "an MLM or task head: there is nothing to measure it with; pretrain adds the heads)")
         return models
     return models if "base" in models or not pretrained else ["base", *models]
-
-
-def load_model(name: str, threads: int | None = None) -> nn.Module:
-    """A model folder of the chain, in eval mode, through the loader of its format (lmforge.modelio): fp32 from
-    checked safetensors, low-rank factors, or the quantized model in its own runtime (ONNX Runtime with
-    `threads` threads, torch int8, bf16)."""
-    return load_weights(paths.model_dir(name), threads=threads)
 
 
 def environment(threads: int) -> dict[str, Any]:

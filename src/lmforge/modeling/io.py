@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from lmforge.artifacts import read_json
 from lmforge.data.cleaning import clean_text
 from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
 from lmforge.modeling.card import TASK_FILE
-from lmforge.modeling.checks import load_model as load_hf
+from lmforge.modeling.checks import load_hf
 from lmforge.modeling.family import kind_of
 from lmforge.paths import producer_of
 
@@ -64,11 +65,6 @@ def register_format(name: str, manifest: str, weights: tuple[str, ...], load: Ca
     FORMATS[name] = ModelFormat(name, manifest, weights, load)
 
 
-def _load_hf(folder: Path) -> Any:
-    # safetensors only, and a truncated file or a non-finite weight named with the stage that writes it
-    return load_hf(folder)
-
-
 def _load_quantized(folder: Path, threads: int | None = None) -> Any:
     from lmforge.compression.quantize import load_quantized
 
@@ -81,7 +77,7 @@ def _load_lowrank(folder: Path) -> Any:
     return load_lowrank(folder)
 
 
-register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), _load_hf)
+register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), load_hf)
 register_format("quantized", QUANTIZED_MANIFEST, ("model_int8.safetensors", "model.onnx", "model.safetensors"),
                 _load_quantized)
 register_format("lowrank", "lowrank.json", ("model_lowrank.safetensors",), _load_lowrank)
@@ -210,19 +206,23 @@ class LoadedModel:
         return self.task
 
 
-def load_weights(folder: str | Path, threads: int | None = None) -> Any:
-    """Only the model of a folder in any registered format (what evaluate measures), in eval mode; `threads`:
-    the intra-op threads of a runtime that fixes them when it loads (ONNX Runtime)."""
+def load_model(folder: str | Path, *, threads: int | None = None, model_class: type | None = None) -> Any:
+    """The model of a folder of the chain in any registered format, in eval mode: the one loader every stage,
+    evaluate and the CLI use. `threads`: the intra-op threads of a runtime that fixes them when it loads (ONNX
+    Runtime); `model_class`: load an hf folder as that class (a bare encoder with an objective's heads)."""
     folder = Path(folder)
     fmt = detect_format(folder)
-    model = fmt.load(folder, threads=threads) if fmt.name == "quantized" else fmt.load(folder)
+    if model_class is not None:
+        if fmt.name != "hf":
+            raise ModelFolderError(f"{folder}: a {fmt.name} model folder, which loads only as itself")
+        model = fmt.load(folder, model_class=model_class)
+    else:
+        model = fmt.load(folder, threads=threads) if fmt.name == "quantized" else fmt.load(folder)
     return model.eval() if hasattr(model, "eval") else model  # an ONNX session has no train/eval modes
 
 
-def load_model(folder: str | Path) -> LoadedModel:
-    """The model of a folder in any registered format, in eval mode, with its tokenizer and task."""
-    from transformers import AutoTokenizer
-
+def open_model(folder: str | Path) -> LoadedModel:
+    """The model of a folder in any registered format, in eval mode, with its tokenizer and task (`lmforge`)."""
     folder = Path(folder)
     fmt = detect_format(folder)
     try:
@@ -232,4 +232,4 @@ def load_model(folder: str | Path) -> LoadedModel:
                                f"{rerun_hint(folder)}") from exc
     config = read_json(folder / GENERIC_MANIFEST) if (folder / GENERIC_MANIFEST).is_file() else {}
     task = read_json(folder / TASK_FILE) if (folder / TASK_FILE).is_file() else None
-    return LoadedModel(folder, fmt, load_weights(folder), tokenizer, config, task)
+    return LoadedModel(folder, fmt, load_model(folder), tokenizer, config, task)
