@@ -32,7 +32,6 @@ MB = 1e6
 NOISE = 0.10  # latency differences below 10% are within run-to-run noise on a shared CPU
 SPREAD_WARNING = 1.5  # p90 / p50 above this: the timings were disturbed
 REFERENCE = "teacher"  # the gate is relative to it
-DEFAULT_GATE = {"max_accuracy_drop": 0.02, "max_ppl_ratio": None}  # results of an evaluate without evaluate.gate
 
 
 def with_task(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -103,7 +102,7 @@ def write_report(results: dict[str, Any]) -> None:
     models = results["models"]
     results["pareto"] = {"size": pareto_front(models, "bytes_on_disk"),
                          "latency": pareto_front(models, "latency_p50_ms")}
-    results["recommendation"] = recommend(models, results.get("gate") or DEFAULT_GATE)
+    results["recommendation"] = recommend(models, results["gate"])
     write_metrics(EVALUATE_JSON, results)
     write_metrics(HEADLINE_JSON, headline(results))
     write_json(PARETO_JSON, finite_metrics(pareto_records(results))[0])

@@ -171,10 +171,6 @@ def save_lowrank(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, A
     save_config(model, out_dir)
 
 
-def is_lowrank(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST_FILE).is_file()
-
-
 def load_lowrank(path: str | Path) -> nn.Module:
     """Load a folder written by `save_lowrank` (JSON and safetensors only); eval mode, fp32.
 

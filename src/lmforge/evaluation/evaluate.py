@@ -21,6 +21,7 @@ from lmforge.data.examples import nsp_pairs
 from lmforge.data.processed import load_tokenizer
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
+from lmforge.modeling.arch import context_length
 from lmforge.modeling.family import is_encoder, kind_of
 from lmforge.modeling.io import method_of, weights_bytes
 
@@ -135,7 +136,7 @@ def test_split(path: Path) -> datasets.Dataset:
 
 def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]]], latency_len: int) -> None:
     """A sequence longer than the position table would crash GPT-2 deep inside; say so plainly."""
-    limit = model_config.get("n_positions") or model_config.get("max_position_embeddings")
+    limit = context_length(model_config)
     if limit is None:
         return
     if latency_len > limit:

@@ -35,6 +35,7 @@ from lmforge.artifacts import read_json
 from lmforge.data.cleaning import clean_text
 from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
+from lmforge.modeling.arch import context_length
 from lmforge.modeling.card import TASK_FILE
 from lmforge.modeling.checks import load_hf
 from lmforge.modeling.family import kind_of
@@ -150,7 +151,7 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int | None:
-        return self.config.get("n_positions") or self.config.get("max_position_embeddings")
+        return context_length(self.config)
 
     def classify(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
                  progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
