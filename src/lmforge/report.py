@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from lmforge import paths
 from lmforge.artifacts import atomic_file, write_json, write_text
 from lmforge.evaluation.gate import shortfalls
-from lmforge.stage import finite_metrics, write_metrics
+from lmforge.stage import write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
 HEADLINE_JSON = paths.METRICS / "headline.json"
@@ -105,7 +105,7 @@ def write_report(results: dict[str, Any]) -> None:
     results["recommendation"] = recommend(models, results["gate"])
     write_metrics(EVALUATE_JSON, results)
     write_metrics(HEADLINE_JSON, headline(results))
-    write_json(PARETO_JSON, finite_metrics(pareto_records(results))[0])
+    write_json(PARETO_JSON, pareto_records(results))  # a diverged model's NaN: null
     write_text(SUMMARY_MD, summary_markdown(results))
     plot_pareto(results, PARETO_PNG)
 

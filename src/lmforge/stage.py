@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -55,19 +54,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def finite_metrics(value: Any, key: str = "", bad: list[str] | None = None) -> tuple[Any, list[str]]:
-    """`value` with every NaN / infinity replaced by None, and the dotted keys where that happened."""
-    bad = [] if bad is None else bad
-    if isinstance(value, float) and not math.isfinite(value):
-        bad.append(key)
-        return None, bad
-    if isinstance(value, dict):
-        return {k: finite_metrics(v, f"{key}.{k}" if key else str(k), bad)[0] for k, v in value.items()}, bad
-    if isinstance(value, (list, tuple)):
-        return [finite_metrics(v, f"{key}[{i}]", bad)[0] for i, v in enumerate(value)], bad
-    return value, bad
-
-
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """Write a stage's metrics JSON once: every rank of a distributed run computes them, rank 0 writes.
 
@@ -75,11 +61,9 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """
     if not is_main_process():
         return
-    clean, bad = finite_metrics(metrics)
+    bad = write_json(path, metrics, list_non_finite="non_finite")
     if bad:
-        clean["non_finite"] = bad
         log.warning("%s: non-finite values written as null: %s", path, ", ".join(bad))
-    write_json(path, clean)
     log.info("wrote %s", path)
 
 
