@@ -32,7 +32,7 @@ from lmforge.compression import lowrank, structured, wanda
 from lmforge.compression.calibration import calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent
-from lmforge.evaluation.metrics import count_parameters
+from lmforge.evaluation.metrics import count_parameters, time_ms
 from lmforge.modeling.io import load_model
 
 SHAPES = {
@@ -84,12 +84,7 @@ def bitmask_bytes(model: nn.Module, dense_bytes: int) -> int | None:
 @torch.inference_mode()
 def time_forward(model: nn.Module, ids: torch.Tensor, reps: int) -> float:
     """Median seconds of one forward pass over `ids` (full logits)."""
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        model(input_ids=ids)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_ms(lambda: model(input_ids=ids), reps, warmup=0)) / 1000
 
 
 def measure_shape(name: str, config: GPT2Config, args: argparse.Namespace) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from common import RESULTS, environment, write_json
 
 from lmforge import paths
-from lmforge.evaluation.metrics import count_parameters
+from lmforge.evaluation.metrics import count_parameters, time_ms
 from lmforge.modeling.io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,13 +73,9 @@ def latencies(models: dict[str, torch.nn.Module], seq_len: int, rounds: int, rep
         model(input_ids=ids)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            samples = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                models[name](input_ids=ids)
-                samples.append(time.perf_counter() - start)
-            times[name].append(statistics.median(samples))
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            model = models[name]
+            times[name].append(statistics.median(time_ms(lambda: model(input_ids=ids), reps, warmup=0)))  # noqa: B023
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +136,8 @@ def per_review_ms(fn, prompt: list[int], runs: int = 20) -> float:
     """Median ms of `fn(ids, mask)` on one review at batch 1 (after one warm-up)."""
     ids = torch.tensor([prompt])
     mask = torch.ones_like(ids)
-    times = []
     with torch.inference_mode():
-        fn(ids, mask)
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(ids, mask)
-            times.append((time.perf_counter() - start) * 1000)
+        times = metrics.time_ms(lambda: fn(ids, mask), runs)
     return round(sorted(times)[len(times) // 2], 3)
 
 

@@ -222,20 +222,27 @@ def _random_ids(batch: int, seq_len: int, vocab_size: int, seed: int) -> tuple[t
     return ids, torch.ones_like(ids)
 
 
+def time_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    """Wall time in ms of each of `runs` calls of `fn`, after `warmup` untimed calls: the one timer of lmforge
+    (evaluate's latency and throughput, quantize's per-review times, the benchmarks)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 @torch.inference_mode()
 def latency(model: nn.Module, seq_len: int, warmup: int, runs: int, vocab_size: int,
             threads: int = 1, seed: int = 0) -> dict[str, float]:
     """p50 / p90 wall time in ms of one full forward pass at batch 1 over `seq_len` tokens."""
     model.eval()
     ids, mask = _random_ids(1, seq_len, vocab_size, seed)
-    times = []
     with torch_threads(threads):
-        for _ in range(warmup):
-            model(input_ids=ids, attention_mask=mask)
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append((time.perf_counter() - start) * 1000)
+        times = time_ms(lambda: model(input_ids=ids, attention_mask=mask), runs, warmup)
     p50, p90 = np.percentile(times, [50, 90])
     return {"p50_ms": float(p50), "p90_ms": float(p90)}
 
@@ -247,11 +254,7 @@ def throughput(model: nn.Module, batch: int, seq_len: int, runs: int, vocab_size
     model.eval()
     ids, mask = _random_ids(batch, seq_len, vocab_size, seed)
     with torch_threads(threads):
-        model(input_ids=ids, attention_mask=mask)
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(input_ids=ids, attention_mask=mask)
-        elapsed = time.perf_counter() - start
+        elapsed = sum(time_ms(lambda: model(input_ids=ids, attention_mask=mask), runs)) / 1000
     return batch * seq_len * runs / elapsed
 
 
