@@ -25,7 +25,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ import common  # noqa: E402
 from lmforge import hardware  # noqa: E402
 from lmforge.compression import bf16, dynamic_int8, onnx_int8  # noqa: E402
 from lmforge.compression.task_head import TaskModel  # noqa: E402
+from lmforge.evaluation.metrics import time_ms  # noqa: E402
 
 SEQ, LABELS = 128, [11, 42]
 GOALS = {"ort_int8_over_torch_fp32_same_model": 2.5, "chain_speedup_batch1": 8.0, "chain_bytes_ratio": 0.12,
@@ -122,13 +122,7 @@ def variants(chain: str, work: Path, threads: int, teacher_onnx: bool) -> tuple[
 
 def time_call(call, ids, mask, runs: int) -> float:
     with torch.inference_mode():
-        call(ids, mask)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            call(ids, mask)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        return statistics.median(time_ms(lambda: call(ids, mask), runs))
 
 
 def measure(calls: dict, rounds: int, runs: int, batch: int, vocab: int) -> dict:

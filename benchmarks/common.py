@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lmforge import artifacts
 from lmforge.hardware import cpu_flags, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,10 +67,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(os, "getloadavg"):
         payload.setdefault("environment", {})["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    artifacts.write_json(path, payload, list_non_finite="non_finite")  # lmforge's one strict JSON writer
     return path

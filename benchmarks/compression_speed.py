@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from common import RESULTS, environment, summary, write_json
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.compression import lowrank, structured, wanda
 from lmforge.compression.calibration import calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent
-from lmforge.evaluation.metrics import count_parameters
+from lmforge.evaluation.metrics import count_parameters, time_ms
+from lmforge.modeling.io import load_model
 
 SHAPES = {
     "default_4x128": GPT2Config(vocab_size=1024, n_positions=128, n_embd=128, n_layer=4, n_head=4),
@@ -61,8 +62,7 @@ def variants(dense: nn.Module, calib_tokens: torch.Tensor, pruned_dir: Path | No
         lowrank.lowrank(model, calib, ratio, None, activation_aware=True)
         out[f"lowrank_{ratio}"] = model
     if pruned_dir is not None:
-        loader = lowrank.load_lowrank if lowrank.is_lowrank(pruned_dir) else AutoModelForCausalLM.from_pretrained
-        out["chain_pruned"] = loader(pruned_dir).eval()
+        out["chain_pruned"] = load_model(pruned_dir)  # any format: low-rank factors too
     return out
 
 
@@ -84,12 +84,7 @@ def bitmask_bytes(model: nn.Module, dense_bytes: int) -> int | None:
 @torch.inference_mode()
 def time_forward(model: nn.Module, ids: torch.Tensor, reps: int) -> float:
     """Median seconds of one forward pass over `ids` (full logits)."""
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        model(input_ids=ids)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_ms(lambda: model(input_ids=ids), reps, warmup=0)) / 1000
 
 
 def measure_shape(name: str, config: GPT2Config, args: argparse.Namespace) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from common import RESULTS, environment, write_json
 
-from lmforge.evaluation.evaluate import load_model
-from lmforge.evaluation.metrics import count_parameters
+from lmforge import paths
+from lmforge.evaluation.metrics import count_parameters, time_ms
+from lmforge.modeling.io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -72,13 +73,9 @@ def latencies(models: dict[str, torch.nn.Module], seq_len: int, rounds: int, rep
         model(input_ids=ids)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            samples = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                models[name](input_ids=ids)
-                samples.append(time.perf_counter() - start)
-            times[name].append(statistics.median(samples))
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            model = models[name]
+            times[name].append(statistics.median(time_ms(lambda: model(input_ids=ids), reps, warmup=0)))  # noqa: B023
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -100,10 +97,10 @@ def main() -> None:
     cwd = os.getcwd()
     models = {}
     os.chdir(args.chain)
-    models["student"] = load_model("student")
+    models["student"] = load_model(paths.model_dir("student"))
     for name in names:
         os.chdir(args.work / name)
-        models[name] = load_model("pruned")
+        models[name] = load_model(paths.model_dir("pruned"))
     os.chdir(cwd)
     ms = latencies(models, args.seq_len, args.rounds, args.reps)
     student = stage_metrics[names[0]]["validation"]["student"]

@@ -44,7 +44,7 @@ import common  # noqa: E402
 from lmforge.compose import compose  # noqa: E402
 from lmforge.config import stage_params  # noqa: E402
 from lmforge.modeling.build import build_model  # noqa: E402
-from lmforge.training.data import PadCollator  # noqa: E402
+from lmforge.training.collate import PadCollator  # noqa: E402
 from lmforge.training.losses import lm_loss  # noqa: E402
 from lmforge.training.runner import LMTrainer, training_arguments  # noqa: E402
 

@@ -1,18 +1,99 @@
 """Distil the teacher into a smaller student (KD on full-vocabulary logits + hard-label CE).
 
     dvc repro distill            # or, from the repository root: python stages/distill.py
+
+The recipe: check the student's shape -> load the teacher -> build the student from the teacher layers of most
+influence -> distil (KD) on the mixture -> gate against the teacher -> save -> metrics.
 """
 
+from __future__ import annotations
+
+import logging
+from typing import Any
+
 from lmforge import paths, stage
-from lmforge.config import stage_params
+from lmforge.config import Params, student_shape
+
+PARAMS = ("seed", "model", "student", "distill")
+log = logging.getLogger("lmforge.distill")
 
 
-def main() -> None:
-    params = stage_params("model", "student", "distill")
-    from lmforge.training.distill import distill  # validated first: importing it takes seconds
+def main(params: Params) -> dict[str, Any]:
+    # imported once stage.run has validated the parameters: importing torch and transformers takes seconds,
+    # and a bad parameter should fail at once
+    from lmforge.data import processed as data
+    from lmforge.evaluation import metrics as measures
+    from lmforge.modeling.build import build_student, non_embedding_parameters
+    from lmforge.modeling.checks import load_hf
+    from lmforge.modeling.family import head_of
+    from lmforge.training.distill import DistillationTrainer, attach_hidden_projection, detach_hidden_projection
+    from lmforge.training.runner import fingerprint, fit, model_writer
 
-    stage.write_metrics(paths.METRICS / "distill.json", distill(params))
+    cfg, seed = params.distill, params.seed
+    source, output = paths.model_dir("teacher"), paths.model_dir("student")
+
+    # check: a student larger than its teacher fails here, before anything is loaded
+    student_shape(params.model, params.student)
+
+    # load inputs: the teacher and the data
+    teacher = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    tokenizer = data.load_tokenizer()
+
+    # build the student from the teacher layers of most influence
+    layer_map, influence = student_layer_map(teacher, params)
+    student = build_student(teacher, params.model, params.student, seed=seed, layer_map=layer_map)
+    ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
+    log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
+             student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
+
+    # distil on the mixture (the teacher's head, set by finetune's task.head, decides the examples' form)
+    head = head_of(teacher)
+    train_set = data.mixture_train_set(cfg.mixture, cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps, seed,
+                                       head=head)
+    # a classifier student has no LM head: its validation loss is the task's alone
+    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True, head=head, with_lm=head == "lm")
+    run_id = fingerprint({"seed": seed, "student": params.student, "distill": cfg}, [source, paths.PROCESSED])
+    projected = cfg.alpha_hidden > 0 and attach_hidden_projection(student, teacher)
+    metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, seed, run_id, None,
+                  trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd, alpha_hidden=cfg.alpha_hidden,
+                  hidden_loss=cfg.hidden_loss, layer_map=layer_map)
+    detach_hidden_projection(student)  # a training aid, not part of the student
+    metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
+    metrics["student_init"] = {"teacher_layers": layer_map, "block_influence": influence}
+    metrics["hidden_kd"] = {"alpha_hidden": cfg.alpha_hidden, "loss": cfg.hidden_loss, "projection": projected}
+
+    # gate against the teacher: a failing student leaves models/student as it was
+    def measure() -> tuple[dict, dict]:
+        val = data.validation_data(cfg.eval_max_examples)
+        return measures.measure(student, val), measures.measure(teacher, val)
+
+    metrics["gate"] = stage.gate("distill", cfg.gate, output, measure)
+
+    # save, metrics
+    stage.save(output, "distill", model_writer(student, "distill"), tokenizer=tokenizer, metrics=metrics)
+    stage.write_metrics(paths.METRICS / "distill.json", metrics)
+    return metrics
+
+
+def student_layer_map(teacher, params: Params) -> tuple[list[int] | None, list[float]]:
+    """The teacher layers the student starts from, and the measured block influence they were chosen by.
+
+    (None, []) when no layer is copied (a narrower student) or `even` spacing is asked for."""
+    from lmforge.compression.calibration import calibrate  # torch: imported after validation, as in main
+    from lmforge.data.processed import calibration_blocks
+    from lmforge.modeling.arch import most_influential_blocks
+
+    cfg = params.student
+    n_layer, _, n_embd = student_shape(params.model, cfg)
+    if not cfg.init_from_teacher or n_embd != params.model.n_embd or cfg.layer_selection == "even":
+        return None, []
+    blocks = calibration_blocks(cfg.calibration_samples, params.seed)
+    influence = calibrate(teacher, blocks, batch_size=8).block_influence
+    layer_map = most_influential_blocks(influence, n_layer)
+    log.info("block influence of the teacher's layers on %d calibration blocks: %s", len(blocks),
+             " ".join(f"{b:.3f}" for b in influence))
+    return layer_map, [round(b, 5) for b in influence]
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(lambda: main(stage.params(PARAMS)))

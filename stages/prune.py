@@ -7,28 +7,28 @@ The recipe, top to bottom: load -> check the config against the model -> calibra
 method(s) -> recover (KD, the pruned structure held fixed) -> gate against the teacher -> save -> metrics.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from lmforge import paths, stage
-from lmforge.config import stage_params
+from lmforge.config import Params, RecoveryConfig
 
-VALIDATION_EXAMPLES = 256  # validation blocks per corpus and task examples: recovery eval, gate, metrics
+PARAMS = ("seed", "prune")
 
 
-def main() -> None:
-    params = stage_params("prune")
-    # imported after validation: importing torch and transformers takes seconds
+def main(params: Params) -> dict[str, Any]:
+    # imported once stage.run has validated the parameters: importing torch and transformers takes seconds,
+    # and a bad parameter should fail at once
     from lmforge.artifacts import dir_bytes
     from lmforge.compression import lowrank, methods
-    from lmforge.compression.calibration import calibration_blocks
     from lmforge.compression.prune import make_permanent
-    from lmforge.config import RecoveryConfig, TrainConfig
-    from lmforge.evaluation import gate
-    from lmforge.modeling.checks import load_model
+    from lmforge.data import processed as data
+    from lmforge.evaluation import metrics as measures
+    from lmforge.modeling.checks import load_hf
     from lmforge.modeling.family import head_of
-    from lmforge.training import data
     from lmforge.training.distill import DistillationTrainer
-    from lmforge.training.runner import fingerprint, fit, save_model
+    from lmforge.training.runner import fingerprint, fit, model_writer
 
     cfg, seed = params.prune, params.seed
     source, teacher_dir = paths.model_dir("student"), paths.model_dir("teacher")
@@ -36,63 +36,56 @@ def main() -> None:
 
     # load, and refuse a configuration this model cannot take before any work
     tokenizer = data.load_tokenizer()
-    model = load_model(source)  # safetensors only; a truncated file or a non-finite weight stops here
-    teacher = load_model(teacher_dir)
+    model = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    teacher = load_hf(teacher_dir)
     methods.check(cfg, model)
-    val = gate.validation_data(VALIDATION_EXAMPLES)
+    val = data.validation_data(cfg.validation_examples)
     metrics: dict[str, Any] = {"method": cfg.method, "before": _describe(model),
-                               "validation": {"teacher": gate.measure(teacher, val),
-                                              "student": gate.measure(model, val)}}
+                               "validation": {"teacher": measures.measure(teacher, val),
+                                              "student": measures.measure(model, val)}}
 
     # calibrate and apply the method(s), in order
-    blocks = calibration_blocks(cfg.calibration.samples, seed)
+    blocks = data.calibration_blocks(cfg.calibration.samples, seed)
     model, metrics["methods"] = methods.apply(model, cfg, blocks)
     metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())}
-    metrics["validation"]["pruned"] = gate.measure(model, val)
+    metrics["validation"]["pruned"] = measures.measure(model, val)
 
     # recover: a short KD run from the teacher; masks, sliced shapes and factors stay as they are
-    recovery: RecoveryConfig = cfg.recovery
+    recovery: RecoveryConfig = cfg.recovery  # a training run composed from conf/train/base.yaml
     if recovery.max_steps > 0:
-        train_cfg = TrainConfig(
-            max_steps=recovery.max_steps, batch_size=recovery.batch_size, grad_accum_steps=1,
-            learning_rate=recovery.learning_rate, lr_scheduler="cosine", warmup_steps=0, weight_decay=0.0,
-            max_grad_norm=1.0, logging_steps=max(1, recovery.max_steps // 10), eval_steps=recovery.max_steps,
-            save_steps=max(1, recovery.max_steps // 2), eval_max_examples=VALIDATION_EXAMPLES, precision="fp32",
-            attn_implementation="sdpa", optim="adamw_torch", torch_compile=False)
         head = head_of(teacher)  # as distill: the teacher's
         train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed,
                                            head=head)
-        eval_sets = data.eval_sets(VALIDATION_EXAMPLES, with_task=True, head=head, with_lm=head == "lm")
+        eval_sets = data.eval_sets(cfg.validation_examples, with_task=True, head=head, with_lm=head == "lm")
         run_id = fingerprint({"seed": seed, "prune": cfg}, [source, teacher_dir, paths.PROCESSED])
-        metrics["recovery"] = fit("prune", model, tokenizer, train_set, eval_sets, train_cfg, seed, run_id, None,
-                                  trainer_cls=DistillationTrainer, teacher=teacher, kd=recovery.kd)
+        metrics["recovery"] = fit("prune", model, tokenizer, train_set, eval_sets, recovery.train_config(), seed,
+                                  run_id, None, trainer_cls=DistillationTrainer, teacher=teacher, kd=recovery.kd)
     make_permanent(model)  # masks folded into plain weights (a no-op without masks)
-    metrics["validation"]["recovered"] = gate.measure(model, val)
+    recovered = metrics["validation"]["recovered"] = measures.measure(model, val)
 
     # gate against the teacher, before anything is written
-    metrics["gate"] = {"enabled": False}
-    if cfg.gate is not None:
-        metrics["gate"] = gate.check("prune", cfg.gate, metrics["validation"]["recovered"],
-                                     metrics["validation"]["teacher"], str(output))
+    metrics["gate"] = stage.gate("prune", cfg.gate, output, lambda: (recovered, metrics["validation"]["teacher"]))
 
     # save: a plain HF folder, or safetensors + lowrank.json when layers are factored
     factored = bool(lowrank.factored_layers(model))
     manifest = {"method": cfg.method, "activation_aware": cfg.activation_aware, "base_model": source.as_posix()}
-    recovered = metrics["validation"]["recovered"]  # the card's metrics: the stage's own validation numbers
-    save_model(model, tokenizer, output, "prune", {
+    write = model_writer(model, "prune", (lambda folder: lowrank.save_lowrank(model, folder, manifest=manifest))
+                         if factored else None)  # every rank: FSDP gathers the weights here
+    stage.save(output, "prune", write, tokenizer=tokenizer, metrics={  # the card: the stage's own validation numbers
         "method": cfg.method, "gate": metrics["gate"], "val_accuracy": recovered["accuracy"],
-        "eval_general_perplexity": recovered["ppl_general"], "eval_domain_perplexity": recovered["ppl_domain"]},
-               save=(lambda folder: lowrank.save_lowrank(model, folder, manifest=manifest)) if factored else None)
+        "eval_general_perplexity": recovered["ppl_general"], "eval_domain_perplexity": recovered["ppl_domain"]})
 
+    # metrics
     metrics["after"] = _describe(model)
     metrics["format"] = "lowrank" if factored else "hf"
     metrics["bytes_on_disk"] = {"before": dir_bytes(source), "after": dir_bytes(output)}
     stage.write_metrics(paths.METRICS / "prune.json", metrics)
+    return metrics
 
 
 def _describe(model) -> dict[str, Any]:
     """Parameters, non-zero parameters, and zeros per block layer type, measured from the weights."""
-    from lmforge.compression.prune import sparsity_report
+    from lmforge.compression.prune import sparsity_report  # torch: imported after validation, as in main
 
     report = sparsity_report(model)
     return {"params": report["params"], "nonzero_params": report["nonzero_params"],
@@ -102,4 +95,4 @@ def _describe(model) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(lambda: main(stage.params(PARAMS)))

@@ -3,7 +3,7 @@ GPT-2 (the tests that need a whole DVC repository use dvc_repo.py; fixtures live
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -37,12 +37,13 @@ def run_stage(workdir: Path, stage: str, *overrides: str) -> subprocess.Complete
 
 
 def stage_main(stage: str) -> Callable[[], None]:
-    """The `main` of stages/STAGE.py, to run a stage in the test's own process (the current directory is the
-    repository root it works in)."""
-    spec = importlib.util.spec_from_file_location(f"{stage}_stage", ROOT / "stages" / f"{stage}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """The recipe stages/STAGE.py as `python stages/STAGE.py` runs it (params.yaml of the current directory,
+    validated, only the sections the recipe declares), in the test's own process: the current directory is the
+    repository root it works in."""
+    from lmforge import stage as frame
+
+    recipe = importlib.import_module(f"stages.{stage}")
+    return lambda: recipe.main(frame.params(recipe.PARAMS))
 
 
 def tiny_gpt2(seed: int = 0, **config):

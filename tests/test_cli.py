@@ -15,8 +15,9 @@ import yaml
 from datasets import load_from_disk
 from helpers import ROOT, stage_env
 
-from lmforge import cli, modelio
+from lmforge import cli
 from lmforge.errors import DataError
+from lmforge.modeling import io as modelio
 
 CHAIN = ["general", "teacher", "student", "pruned", "quantized"]
 
@@ -233,7 +234,8 @@ def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_q
 
 
 def test_write_bundle_adds_the_task_and_a_card_and_drops_the_trainer_pickle(tmp_path, monkeypatch):
-    from lmforge import modelcard, paths
+    from lmforge import paths
+    from lmforge.modeling import card as modelcard
 
     monkeypatch.chdir(tmp_path)
     paths.PROCESSED.mkdir(parents=True)

@@ -15,11 +15,12 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaConfig, Lla
 
 from lmforge.cli import describe_ranks
 from lmforge.compression import lowrank, methods, structured, wanda
-from lmforge.compression.calibration import blocks_of, calibrate
+from lmforge.compression.calibration import calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.compression.prune import make_permanent, sparsity_report
 from lmforge.config import CalibrationConfig, GateConfig, KDConfig, MixtureConfig, PruneConfig, RecoveryConfig
 from lmforge.errors import ConfigError
+from lmforge.modeling.arch import blocks_of
 
 VOCAB = 300
 

@@ -24,12 +24,12 @@ from lmforge.data.preprocess import (
     check_leakage,
     clean_corpus,
     pack,
-    preprocess,
     spill_corpus,
     split_of,
     train_tokenizer,
 )
 from lmforge.errors import ConfigError, DataError
+from stages.preprocess import main as preprocess
 
 
 def tiny_params(directory: Path, **preprocess_overrides) -> dict:

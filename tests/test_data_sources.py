@@ -20,9 +20,10 @@ from lmforge import paths
 from lmforge.compose import compose
 from lmforge.config import CorpusConfig, stage_params
 from lmforge.data.cleaning import detokenize_wikitext, normalized_key
-from lmforge.data.preprocess import check_leakage, clean_corpus, preprocess
+from lmforge.data.preprocess import check_leakage, clean_corpus
 from lmforge.data.sources import load_corpus
 from lmforge.errors import ConfigError, DataError
+from stages.preprocess import main as preprocess
 
 REVIEWS = ["a fine and moving film .", "dull , long and pointless .", "the best thing this year .",
            "i wanted my money back ."]

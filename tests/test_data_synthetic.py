@@ -7,7 +7,15 @@ import pytest
 from lmforge.config import DataConfig
 from lmforge.data.baseline import bow_accuracy, majority_accuracy
 from lmforge.data.cleaning import DocumentFilter, clean_text
-from lmforge.data.synthetic import generate, sentiment_label, sentiment_score
+from lmforge.data.synthetic import generate, sentiment_score
+
+
+def sentiment_label(text: str) -> int:
+    """1 (positive) or 0 (negative); a review whose score is 0 has no label."""
+    score = sentiment_score(text)
+    if score == 0:
+        raise ValueError(f"review has a tied sentiment score and no label: {text!r}")
+    return int(score > 0)
 
 
 def synthetic_config(general_docs: int, domain_docs: int, task_examples: int) -> DataConfig:

@@ -1,9 +1,14 @@
-"""dvc.yaml lists, for every stage, each lmforge module the stage's script imports (directly or through
-other lmforge modules), so that changing any code a stage runs reruns that stage."""
+"""dvc.yaml is derived from the code and checked against it: each stage's code dependencies are exactly its
+recipe and the lmforge modules the recipe imports (directly or through other lmforge modules, inside functions
+too), so that changing any code a stage runs reruns that stage and nothing else does; no entry twice; and its
+`params:` are exactly the recipe's PARAMS.
+
+When a stage's imports change, the failure prints the code deps dvc.yaml should list for it."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -65,17 +70,46 @@ def imported_modules(script: Path) -> set[Path]:
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def _entries(items: list) -> list[str]:
+    return [item if isinstance(item, str) else next(iter(item)) for item in items]
+
+
+def derived_code_deps(name: str) -> list[str]:
+    """What dvc.yaml's stage `name` must list as code: its recipe, then every lmforge file it imports."""
+    script = ROOT / "stages" / f"{name}.py"
+    return [f"stages/{name}.py", *sorted(str(f.relative_to(ROOT)) for f in imported_modules(script))]
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_dvc_yaml_depends_on_every_lmforge_module_the_stage_imports(name):
-    stage = STAGES[name]
-    script = ROOT / next(word for word in stage["cmd"].split() if word.startswith("stages/"))
-    deps = [ROOT / (d if isinstance(d, str) else next(iter(d))) for d in stage["deps"]]
-    missing = sorted(str(f.relative_to(ROOT)) for f in imported_modules(script)
-                     if not any(f == d or d in f.parents for d in deps))
-    assert not missing, f"dvc.yaml stage '{name}' imports but does not depend on: {', '.join(missing)}"
+def test_dvc_yaml_code_deps_are_exactly_what_the_recipe_imports(name):
+    listed = [d for d in _entries(STAGES[name]["deps"]) if d.startswith(("src/", "stages/"))]
+    derived = derived_code_deps(name)
+    assert set(listed) == set(derived), (
+        f"dvc.yaml stage '{name}': missing {sorted(set(derived) - set(listed))}, not imported "
+        f"{sorted(set(listed) - set(derived))}; its code deps are:\n" + "\n".join(f"      - {d}" for d in derived))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_yaml_lists_nothing_twice(name):
+    for key in ("deps", "params", "outs"):
+        entries = _entries(STAGES[name].get(key, []))
+        assert len(entries) == len(set(entries)), f"dvc.yaml stage '{name}' {key}: " + ", ".join(
+            sorted({e for e in entries if entries.count(e) > 1}))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_yaml_params_are_the_recipe_params(name):
+    recipe = importlib.import_module(f"stages.{name}")
+    listed = _entries(STAGES[name].get("params", []))
+    if not recipe.PARAMS:  # validate: the whole file
+        assert listed == ["params.yaml"], name
+    else:
+        assert sorted(listed) == sorted(recipe.PARAMS), f"dvc.yaml stage '{name}' params {listed}, " \
+                                                        f"stages/{name}.py PARAMS {recipe.PARAMS}"
 
 
 def test_the_import_walk_sees_lazy_and_transitive_imports():
     found = {str(f.relative_to(SRC)) for f in imported_modules(ROOT / "stages" / "prune.py")}
     assert {"lmforge/compression/lowrank.py", "lmforge/compression/linear.py", "lmforge/config/schema.py",
             "lmforge/training/runner.py", "lmforge/evaluation/metrics.py"} <= found
+    assert "lmforge/report.py" not in found  # nor what it does not import

@@ -22,12 +22,13 @@ from transformers import (
 )
 
 from lmforge.compression import lowrank, methods, onnx_int8, structured, task_head
-from lmforge.compression.calibration import blocks_of, calibrate
+from lmforge.compression.calibration import calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
 from lmforge.compression.quantize import load_quantized, quantize_to
 from lmforge.config import QuantizeConfig
 from lmforge.errors import ConfigError
+from lmforge.modeling.arch import blocks_of
 from lmforge.modeling.family import auto_class
 
 VOCAB, LABELS = 120, 2

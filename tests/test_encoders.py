@@ -22,19 +22,19 @@ from transformers import (
 
 from lmforge.compose import compose
 from lmforge.config import SECTIONS, KDConfig, check_across_sections, stage_params
+from lmforge.data.examples import nsp_pairs
 from lmforge.errors import ConfigError
 from lmforge.evaluation.metrics import label_log_probs
 from lmforge.modeling.build import build_student, teacher_layer_map
 from lmforge.modeling.family import is_classifier, kind_of, kind_of_model
 from lmforge.modeling.pretrained import resolve_folder
-from lmforge.training.data import PadCollator
+from lmforge.training.collate import PadCollator
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.losses import IGNORE_INDEX
 from lmforge.training.objectives import (
     TokenMasker,
     attach_replay_head,
     detach_replay_head,
-    nsp_pairs,
     to_classifier,
     training_loss,
 )

@@ -18,12 +18,12 @@ from helpers import tiny_gpt2 as gpt2
 from torch import nn
 from transformers import GPT2LMHeadModel
 
-from lmforge import paths
+import stages.evaluate as evaluate_module
+from lmforge import paths, report
 from lmforge.compose import compose
 from lmforge.config import stage_params
 from lmforge.errors import ConfigError, DataError
-from lmforge.evaluation import evaluate as evaluate_module
-from lmforge.evaluation import metrics, report
+from lmforge.evaluation import metrics
 
 VOCAB = 100
 LABEL_TOKENS = [7, 9]  # token ids of the label words " negative" / " positive"
@@ -264,7 +264,7 @@ def test_quantized_model_is_loaded_through_its_own_loader(tmp_path, monkeypatch)
     folder.mkdir(parents=True)
     (folder / "quantization.json").write_text("{}")
     (folder / "model_int8.safetensors").write_bytes(b"")
-    assert evaluate_module.load_model("quantized") is int8
+    assert evaluate_module.load_model(paths.model_dir("quantized")) is int8
     assert calls == [Path("models/quantized")]
 
 
@@ -272,7 +272,7 @@ def test_unknown_model_name_is_a_config_error(layout):
     params = stage_params("evaluate", path=layout / "params.yaml")
     params.evaluate.models = ["teacher", "distilled"]
     with pytest.raises(ConfigError, match="'distilled'.*general, teacher, student, pruned, quantized"):
-        evaluate_module.evaluate(params)
+        evaluate_module.main(params)
 
 
 def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
@@ -292,7 +292,7 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
     pruned.save_pretrained(paths.model_dir("pruned"))
     paths.model_dir("quantized").mkdir()
     quantize.quantize_to(pruned, paths.model_dir("quantized"), cfg)
-    assert isinstance(evaluate_module.load_model("quantized", threads=1), OnnxModel)
+    assert isinstance(evaluate_module.load_model(paths.model_dir("quantized"), threads=1), OnnxModel)
     compose(layout / "params.yaml", ["profile=tiny", "evaluate.models=[pruned,quantized]", "evaluate.precision=fp32"],
             conf_dir=ROOT / "conf")
     run_stage()

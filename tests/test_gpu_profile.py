@@ -15,7 +15,7 @@ from helpers import ROOT
 from lmforge.compose import compose
 from lmforge.config import SECTIONS, stage_params
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters
-from lmforge.training.data import PadCollator
+from lmforge.training.collate import PadCollator
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.runner import LMTrainer, training_arguments
 

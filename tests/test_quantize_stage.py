@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-from transformers import PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lmforge import paths
 from lmforge.compose import compose
@@ -165,7 +165,7 @@ def gate_inputs() -> float:
     """models/teacher (another tiny GPT-2) and general validation blocks; the task's labels become the teacher's own
     predictions, so the teacher is right on every example and the quantized model (a different one) is not.
     Returns the teacher's validation accuracy."""
-    from lmforge.evaluation import gate
+    from lmforge.data.processed import validation_data
 
     teacher = tiny_gpt2(7, vocab_size=VOCAB)
     teacher.save_pretrained(paths.model_dir("teacher"))
@@ -178,7 +178,7 @@ def gate_inputs() -> float:
         str(paths.TASK) + ".new")
     shutil.rmtree(paths.TASK)
     Path(str(paths.TASK) + ".new").rename(paths.TASK)
-    return gate.measure(teacher, gate.validation_data(256))["accuracy"]
+    return metrics.measure(teacher, validation_data(256))["accuracy"]
 
 
 def test_the_quantize_gate_passes_within_its_limit_and_a_failing_one_keeps_the_previous_model(workdir):
@@ -191,3 +191,30 @@ def test_the_quantize_gate_passes_within_its_limit_and_a_failing_one_keeps_the_p
         quantize_here("quantize=dynamic_int8", gate=True)  # conf/: at most 0.05 below the teacher
     after = sorted((p.name, p.read_bytes()) for p in paths.model_dir("quantized").iterdir() if p.is_file())
     assert after == before  # the previous model is left as it was
+
+
+@pytest.mark.parametrize("method", ["dynamic_int8", "bf16", "onnx_int8"])
+def test_a_low_rank_pruned_model_is_quantized(workdir, method):
+    """prune=lowrank writes models/pruned as factors (lowrank.json); quantize loads it through the one loader
+    (lmforge.modeling.io) and quantizes the factored model like any other."""
+    from lmforge.compression import lowrank
+
+    source = paths.model_dir("pruned")
+    model = GPT2LMHeadModel.from_pretrained(source)
+    lowrank.lowrank(model, None, rank_ratio=0.25, energy=None, activation_aware=False)
+    assert lowrank.factored_layers(model)
+    shutil.rmtree(source)
+    lowrank.save_lowrank(model, source, manifest={"method": ["lowrank"], "activation_aware": False})
+    tiny_tokenizer().save_pretrained(source)
+
+    metrics_ = run_stage(f"quantize={method}")
+    assert metrics_["method"] == method and metrics_["coverage"] >= 0.95
+    assert abs(metrics_["val_loss_delta"]) < 0.05
+    quantized = load_quantized(paths.model_dir("quantized"), threads=1)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+        got = torch.as_tensor(quantized(input_ids=ids, attention_mask=torch.ones_like(ids)).logits).float()
+    assert got.shape == (2, 12, VOCAB)
+    # the factors themselves, quantized: far closer than a model whose factored layers were lost
+    assert (got - expected).abs().mean() < 0.1 * expected.abs().mean()

@@ -332,7 +332,7 @@ def test_a_stage_fails_if_params_yaml_is_rewritten_while_it_runs(tmp_path, monke
 def test_a_second_instance_of_a_training_stage_is_refused_and_a_stale_lock_taken_over(trained):
     env = stage_env()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom lmforge.training.runner import lock_stage\n"
+        [sys.executable, "-c", "import time\nfrom lmforge.locks import lock_stage\n"
                                "held = lock_stage('pretrain'); print('held', flush=True); time.sleep(120)"],
         cwd=trained, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -386,7 +386,7 @@ def test_one_helper_names_the_stage_that_makes_any_input_of_the_chain_again():
 
 def test_model_folders_are_read_from_safetensors_only(tmp_path):
     from lmforge.errors import DataError
-    from lmforge.modeling.checks import load_model
+    from lmforge.modeling.checks import load_hf as load_model
 
     folder = tiny_model_folder(tmp_path / "models/teacher", safetensors=False)  # pytorch_model.bin: a pickle
     with pytest.raises(DataError, match=r"no \.safetensors weights .*dvc repro finetune"):

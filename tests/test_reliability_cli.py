@@ -169,7 +169,7 @@ def minilm_classifier():
     from transformers import AutoTokenizer
 
     from lmforge.modeling.pretrained import resolve_folder
-    from lmforge.modelio import FORMATS, LoadedModel
+    from lmforge.modeling.io import FORMATS, LoadedModel
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_folder(MINILM))
     task = {"prompt": " overall it was", "label_words": [" bad", " good"],
@@ -200,7 +200,7 @@ def test_a_long_text_keeps_cls_its_end_and_sep(minilm_classifier):
 def test_predict_states_the_truncation(minilm_classifier, tmp_path, monkeypatch, capsys):
     from lmforge import cli as lmforge_cli
 
-    monkeypatch.setattr("lmforge.modelio.load_model", lambda folder: minilm_classifier)
+    monkeypatch.setattr("lmforge.modeling.io.open_model", lambda folder: minilm_classifier)
     out = tmp_path / "predictions.jsonl"
     lmforge_cli.main(["predict", "minilm", LONG, "great", "--output", str(out)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -16,7 +16,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 def hold_lock(cwd: Path, stage: str) -> subprocess.Popen:
     """A live process holding `stage`'s lock in `cwd`, as a running stage does."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom lmforge.training.runner import lock_stage\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom lmforge.locks import lock_stage\n"
                                f"held = lock_stage({stage!r}); print('held', flush=True); time.sleep(120)"],
                               cwd=cwd, env=ENV, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -104,7 +104,7 @@ def test_dvc_exp_run_is_refused_while_a_stage_runs_and_keeps_the_uncommitted_par
     subprocess.run([sys.executable, "-m", "lmforge.compose", "profile=tiny", "prune.ffn=0.6"], cwd=repo, env=env,
                    check=True, capture_output=True)
     before = {p: (repo / p).read_bytes() for p in ("params.yaml", "conf/make_params.yaml")}
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom lmforge.training.runner import lock_stage\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom lmforge.locks import lock_stage\n"
                                "held = lock_stage('pretrain'); print('held', flush=True); time.sleep(120)"],
                               cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -144,7 +144,7 @@ def test_a_second_instance_of_a_non_training_stage_is_refused(tmp_path, stage):
 
 
 def test_the_next_run_of_a_stage_sweeps_the_temporary_folders_a_killed_run_left(tmp_path, monkeypatch):
-    from lmforge.training.runner import lock_stage, release_stage
+    from lmforge.locks import lock_stage, release_stage
 
     monkeypatch.chdir(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from dvc_repo import make_repo, run
 
-from lmforge.modelcard import card_metrics, model_card
+from lmforge.modeling.card import card_metrics, model_card
 
 
 def outs_of(repo, stage: str) -> dict[str, str]:

@@ -5,11 +5,12 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-from lmforge.compression.calibration import calibrate, most_influential_blocks
+from lmforge.compression.calibration import calibrate
 from lmforge.config import KDConfig, ModelConfig, StudentConfig
 from lmforge.errors import ConfigError
+from lmforge.modeling.arch import most_influential_blocks
 from lmforge.modeling.build import build_model, build_student, non_embedding_parameters, teacher_layer_map
-from lmforge.training.data import PadCollator
+from lmforge.training.collate import PadCollator
 from lmforge.training.distill import DistillationTrainer
 from lmforge.training.losses import IGNORE_INDEX, distillation_loss, kd_loss, lm_loss
 

@@ -3,7 +3,7 @@
 Everything is written to a temporary sibling and renamed into place: `os.replace` of a file is
 atomic; a directory is swapped in with two renames, the old one removed only after the new one is
 complete. A temporary folder's name records its writer's pid (`.<name>.tmp-<pid>-...`), so the next run of
-the stage knows a leftover of a killed run (lmforge.stage.sweep_leftovers).
+the stage knows a leftover of a killed run (lmforge.locks.sweep_leftovers).
 
 Before any rename, the guards of `guard_replacements` run (lmforge.stage.run checks that params.yaml is
 unchanged): a guard that raises leaves the previous output in place and discards the new one.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -166,10 +167,28 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Strict JSON: a NaN or an infinity raises (bare NaN is not JSON); metrics go through
-    `lmforge.stage.write_metrics`, which turns them into null first."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+def finite(value: Any, key: str = "", bad: list[str] | None = None) -> tuple[Any, list[str]]:
+    """`value` with every NaN / infinity replaced by None, and the dotted keys where that happened."""
+    bad = [] if bad is None else bad
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(key)
+        return None, bad
+    if isinstance(value, dict):
+        return {k: finite(v, f"{key}.{k}" if key else str(k), bad)[0] for k, v in value.items()}, bad
+    if isinstance(value, (list, tuple)):
+        return [finite(v, f"{key}[{i}]", bad)[0] for i, v in enumerate(value)], bad
+    return value, bad
+
+
+def write_json(path: str | Path, data: Any, *, list_non_finite: str | None = None) -> list[str]:
+    """The one JSON writer, strict JSON (bare NaN breaks parsers): a NaN or an infinity is written as null,
+    and the dotted keys where that happened are returned, and also written under the key `list_non_finite`
+    of a dict when one is given (stage metrics: "non_finite"). Atomic, as every artifact."""
+    clean, bad = finite(data)
+    if bad and list_non_finite is not None:
+        clean[list_non_finite] = bad
+    write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return bad
 
 
 def read_json(path: str | Path) -> Any:

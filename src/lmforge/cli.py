@@ -71,13 +71,13 @@ def _column(path: Path, rows: list[dict], columns: list[str], text_column: str) 
 
 def predict(args: argparse.Namespace) -> None:
     from lmforge.artifacts import write_text
-    from lmforge.modelio import load_model
+    from lmforge.modeling.io import open_model
 
     if bool(args.texts) == bool(args.file):
         raise DataError("give texts to classify or --file, not both" if args.texts else
                         "nothing to classify: give one or more texts, or --file reviews.jsonl|csv|txt")
     texts = read_texts(Path(args.file), args.text_column) if args.file else args.texts
-    model = load_model(args.model)
+    model = open_model(args.model)
     if args.file:
         from tqdm.auto import tqdm
 
@@ -100,9 +100,9 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from lmforge.modelio import load_model
+    from lmforge.modeling.io import open_model
 
-    model = load_model(args.model)
+    model = open_model(args.model)
     print(args.prompt + model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
@@ -120,10 +120,10 @@ def describe_ranks(manifest: dict[str, Any]) -> str:
 def info(args: argparse.Namespace) -> None:
     from lmforge.artifacts import read_json
     from lmforge.evaluation.metrics import count_parameters
-    from lmforge.modelcard import read_card
-    from lmforge.modelio import load_model, weight_files
+    from lmforge.modeling.card import read_card
+    from lmforge.modeling.io import open_model, weight_files
 
-    model = load_model(args.model)
+    model = open_model(args.model)
     folder = model.folder
     card = read_card(folder).get("lmforge", {})
     rows: list[tuple[str, Any]] = [("folder", folder), ("format", model.format.name),

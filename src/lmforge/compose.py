@@ -105,8 +105,8 @@ def dvc_lock(root: Path) -> Iterator[None]:
 
 
 def refuse_while_a_stage_runs(root: Path) -> None:
-    """A stage's lock (lmforge.stage.lock_stage) is held for its whole command, while DVC's is not."""
-    from lmforge.stage import running_stages
+    """A stage's lock (lmforge.locks.lock_stage) is held for its whole command, while DVC's is not."""
+    from lmforge.locks import running_stages
 
     running = running_stages(root)
     if running:

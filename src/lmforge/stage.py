@@ -1,25 +1,23 @@
-"""The common frame of every stage entrypoint: logging, clean exits on user errors, the stage locks, and the
-metrics writer."""
+"""The common frame of every stage recipe (stages/<name>.py): logging, clean exits on user errors, the stage
+lock and the params.yaml guard (lmforge.locks), the metrics writer, the gate against the teacher and the
+model-folder writer."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import math
 import os
-import re
-import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge import paths
 from lmforge.artifacts import guard_replacements, write_json
-from lmforge.config import PARAMS_FILE
+from lmforge.config import PARAMS_FILE, TOP_LEVEL_KEYS, GateConfig, Params, stage_params
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.gate import check as gate_check
+from lmforge.locks import is_main_process, lock_stage, release_stage
+from lmforge.modeling.card import save_folder
 
 log = logging.getLogger("lmforge")
 
@@ -70,122 +68,6 @@ def run(main: Callable[[], object]) -> None:
             release_stage(lock)
 
 
-class StageBusy(LmforgeError):
-    """Another live process of the same stage holds its lock."""
-
-
-def lock_path(stage: str, root: str | Path = ".") -> Path:
-    return Path(root) / paths.CHECKPOINTS / f"{stage}.lock"
-
-
-def lock_stage(stage: str):
-    """Hold checkpoints/<stage>.lock for this process (an OS lock, released when the process ends, however it
-    ends): a second live instance of the stage (an orphan of a killed `dvc repro`, a second repro) is refused
-    before it touches the checkpoints, the curves or the outputs; `make params` and `dvc exp run` refuse to
-    rewrite params.yaml while any stage holds its lock (`running_stages`). The file names its holder; a name
-    left by a dead holder is a stale lock, reported and taken over, and the temporary folders that holder left
-    next to the stage's outputs are removed (`sweep_leftovers`)."""
-    path = lock_path(stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release_stage
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "a process that has not written its pid yet"
-        handle.close()
-        raise StageBusy(f"{stage}: {paths.CHECKPOINTS / stage} is in use by another {stage} run ({holder}); "
-                        "wait for it to end, or stop it, then rerun") from None
-    handle.seek(0)
-    previous = handle.read().strip()
-    if previous:
-        log.info("%s: stale lock of a run that ended without releasing it (%s): taken over", path, previous)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    handle.flush()
-    sweep_leftovers(stage)
-    return handle
-
-
-def release_stage(handle) -> None:
-    handle.seek(0)
-    handle.truncate()  # an empty lock file is a released one; a file with a pid and no OS lock is stale
-    handle.flush()
-    handle.close()
-
-
-def running_stages(root: str | Path = ".") -> list[str]:
-    """The stages whose lock a live process holds under `root`, each with its holder ("pretrain (pid 123, ...)").
-    DVC releases its repository lock while a stage's command runs; these locks are held for all of it."""
-    running = []
-    for path in sorted((Path(root) / paths.CHECKPOINTS).glob("*.lock")):
-        try:
-            handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError:
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            except BlockingIOError:
-                running.append(f"{path.stem} ({handle.read().strip() or 'starting'})")
-    return running
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# `.<name>.tmp-<pid>-...` (lmforge.artifacts.atomic_dir), `.<name>.tmp-trained` (the Trainer's save) and
-# `.<name>.old-<pid>` (the previous folder while a new one is swapped in)
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?:(?P<pid>\d+)(?:-|$))?")
-
-
-def sweep_leftovers(stage: str) -> list[Path]:
-    """Remove the temporary folders that a killed run of `stage` left next to its outputs (paths.PRODUCED_BY).
-    Called with the stage's lock held, so no other live run of the stage writes them; a folder whose name
-    records a pid is removed only if that process is gone. Returns what was removed."""
-    removed = []
-    for output, producer in paths.PRODUCED_BY.items():
-        if producer != stage or not output.parent.is_dir():
-            continue
-        for entry in output.parent.glob(f".{output.name}.*"):
-            match = LEFTOVER.match(entry.name)
-            if not match or match["name"] != output.name or not entry.is_dir():
-                continue
-            if match["pid"] and int(match["pid"]) != os.getpid() and _pid_alive(int(match["pid"])):
-                continue
-            log.info("%s: removing %s, left by an interrupted run", stage, entry)
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def is_main_process() -> bool:
-    """True in a plain `python` run and in rank 0 of a `torchrun` / `accelerate launch` run."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def finite_metrics(value: Any, key: str = "", bad: list[str] | None = None) -> tuple[Any, list[str]]:
-    """`value` with every NaN / infinity replaced by None, and the dotted keys where that happened."""
-    bad = [] if bad is None else bad
-    if isinstance(value, float) and not math.isfinite(value):
-        bad.append(key)
-        return None, bad
-    if isinstance(value, dict):
-        return {k: finite_metrics(v, f"{key}.{k}" if key else str(k), bad)[0] for k, v in value.items()}, bad
-    if isinstance(value, (list, tuple)):
-        return [finite_metrics(v, f"{key}[{i}]", bad)[0] for i, v in enumerate(value)], bad
-    return value, bad
-
-
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """Write a stage's metrics JSON once: every rank of a distributed run computes them, rank 0 writes.
 
@@ -193,9 +75,32 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """
     if not is_main_process():
         return
-    clean, bad = finite_metrics(metrics)
+    bad = write_json(path, metrics, list_non_finite="non_finite")
     if bad:
-        clean["non_finite"] = bad
         log.warning("%s: non-finite values written as null: %s", path, ", ".join(bad))
-    write_json(path, clean)
     log.info("wrote %s", path)
+
+
+def gate(stage: str, cfg: GateConfig | None, output: Path,
+         measure: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """A compression stage's gate against the teacher, run before it saves: `{"enabled": False}` without
+    `<stage>.gate` (nothing is measured); else `measure()` returns (the model's, the teacher's) validation
+    numbers (lmforge.evaluation.metrics.measure), and GateError stops the stage, `output` left as it was,
+    when the model lost more than the gate allows."""
+    if cfg is None:
+        return {"enabled": False}
+    measured, teacher = measure()
+    return gate_check(stage, cfg, measured, teacher, str(output))
+
+
+# The one model-folder writer (weights, tokenizer, task, card; atomic; main process only), in the modeling layer
+# so that the training loop saves through it too.
+save = save_folder
+
+
+def params(declared: tuple[str, ...]) -> Params:
+    """The validated params.yaml for a recipe's `PARAMS`, the entries of its dvc.yaml `params:` (a section,
+    `seed`, or one key such as `model.arch`, which brings its section): the sections it did not declare are
+    None, so it cannot read them by mistake (tests/test_dvc_deps.py checks PARAMS against dvc.yaml)."""
+    sections = dict.fromkeys(entry.split(".")[0] for entry in declared if entry not in TOP_LEVEL_KEYS)
+    return stage_params(*sections)

@@ -6,12 +6,12 @@ lock while a stage's command runs. Left alone it then fails with "Stash apply re
 conflicts" and resets the uncommitted params.yaml and conf/make_params.yaml to HEAD. Hydra calls every
 SearchPathPlugin when it composes, and DVC loads the plugins of `hydra.plugins_path` (.dvc/config:
 src), so this is the first lmforge code that runs under `dvc exp run`: while any stage holds its lock
-(checkpoints/<stage>.lock, lmforge.stage.lock_stage) it stops the composition with one line, and DVC
+(checkpoints/<stage>.lock, lmforge.locks.lock_stage) it stops the composition with one line, and DVC
 puts the workspace back as it was (its stash of the workspace is popped on the way out).
 
 It changes no search path, and does nothing when no stage runs. It imports nothing of lmforge: DVC's
 process may import another checkout's lmforge (an editable install) than the repository's, so the lock
-probe is repeated here (the same as lmforge.stage.running_stages: a lock file whose OS lock is held).
+probe is repeated here (the same as lmforge.locks.running_stages: a lock file whose OS lock is held).
 """
 
 from __future__ import annotations

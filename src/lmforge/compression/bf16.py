@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig
 
 from lmforge import hardware
-from lmforge.modeling.family import auto_class
+from lmforge.compression.lowrank import refactor
+from lmforge.errors import DataError
+from lmforge.modeling.family import auto_class, new_model
 
 METHOD = "bf16"
 
@@ -38,5 +41,19 @@ def save(model: nn.Module, out_dir: str | Path) -> None:
     model.save_pretrained(out_dir)  # safetensors, in the parameters' own dtype
 
 
-def load(path: str | Path) -> nn.Module:
-    return auto_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.bfloat16).eval()
+def load(path: str | Path, factored: list[dict[str, Any]] | None = None) -> nn.Module:
+    """The bf16 model of a folder written by `save`; `factored`: the low-rank layers (lowrank.layout) of a
+    low-rank pruned model, rebuilt before the weights are read."""
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    if not factored:
+        return auto_class(config).from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = refactor(new_model(config), factored, path / "quantization.json").to(torch.bfloat16)
+    tensors = load_file(path / "model.safetensors")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight", "cls.predictions.decoder.weight"}  # save_pretrained stores a tied head once
+    if unexpected or set(missing) - tied:
+        raise DataError(f"{path}/model.safetensors: does not match the factored layers of {path}/quantization.json: "
+                        f"missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.tie_weights()
+    return model.eval()

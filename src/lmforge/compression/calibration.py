@@ -19,6 +19,7 @@ from torch import nn
 
 from lmforge import quiet
 from lmforge.compression.linear import linear_layers
+from lmforge.modeling.arch import blocks_of
 
 
 @dataclass
@@ -34,29 +35,6 @@ class Calibration:
 
     def input_rms(self, name: str) -> torch.Tensor:
         return (self.input_sq[name] / max(self.tokens, 1)).sqrt()
-
-
-def calibration_blocks(samples: int, seed: int) -> torch.Tensor:
-    """`samples` LM blocks of the train split, half general and half domain text, in a seeded order."""
-    from lmforge import paths
-    from lmforge.training.data import lm_examples
-
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for path, count in ((paths.LM_GENERAL, samples - samples // 2), (paths.LM_DOMAIN, samples // 2)):
-        blocks = lm_examples(path, "train")
-        order = torch.randperm(len(blocks), generator=generator)[:count].tolist()
-        parts += [blocks[i]["input_ids"] for i in order]
-    return torch.tensor(parts, dtype=torch.long)
-
-
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks: GPT-2's `transformer.h`, Llama's `model.layers`, BERT's
-    `bert.encoder.layer` (whatever head the class puts on top)."""
-    stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not stacks:
-        raise ValueError(f"{type(model).__name__}: no stack of transformer blocks (nn.ModuleList) found")
-    return stacks[0]
 
 
 @torch.no_grad()
@@ -95,9 +73,3 @@ def calibrate(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> Calibr
             handle.remove()
     result.block_influence = (influence_sum / max(result.tokens, 1)).tolist()
     return result
-
-
-def most_influential_blocks(block_influence: list[float], keep: int) -> list[int]:
-    """Indices of the `keep` blocks of highest influence, in model order: the blocks that change their
-    input least are the ones a shallower model does best without (ShortGPT)."""
-    return torch.tensor(block_influence).topk(keep).indices.sort().values.tolist()

@@ -36,6 +36,7 @@ from transformers import AutoConfig
 
 from lmforge.artifacts import read_json, write_json
 from lmforge.compression.linear import conv1d_to_linear, linear_layers
+from lmforge.compression.lowrank import refactor
 from lmforge.compression.model_class import save_config
 from lmforge.errors import DataError, missing_input, rerun_hint
 from lmforge.modeling.checks import check_finite
@@ -226,7 +227,8 @@ def load_quantized(path: str | Path) -> nn.Module:
     except (OSError, ValueError) as exc:
         raise DataError(f"{config_path}: cannot be read as a model config: {exc}") from exc
 
-    model = conv1d_to_linear(new_model(config)).eval()
+    # a low-rank pruned model's factors (lmforge.compression.lowrank) are rebuilt before their linears are found
+    model = refactor(conv1d_to_linear(new_model(config)), manifest.get("factored", []), path / MANIFEST_FILE).eval()
     specs = {m["name"]: m for m in manifest["modules"]}
     linears = linear_layers(model, blocks_only=False)
     unknown = [name for name in specs if not isinstance(linears.get(name), nn.Linear)]

@@ -139,20 +139,36 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def layout(model: nn.Module) -> list[dict[str, Any]]:
+    """The factored layers of `model` (name, shape, rank, bias): what a loader needs to rebuild them. A
+    quantized folder of a low-rank model carries it too, so int8 and bf16 loaders rebuild the factors."""
+    return [{"name": name, "in_features": m.in_features, "out_features": m.out_features, "rank": m.rank,
+             "bias": m.up.bias is not None} for name, m in factored_layers(model).items()]
+
+
+def refactor(model: nn.Module, layers: list[dict[str, Any]], manifest_path: Path) -> nn.Module:
+    """Swap each layer named in `layers` (from `layout`) for an empty FactoredLinear of its rank, in place."""
+    for spec in layers:
+        parent, _, child = spec["name"].rpartition(".")
+        try:
+            holder = model.get_submodule(parent)
+            getattr(holder, child)
+        except AttributeError as exc:
+            raise DataError(f"{manifest_path}: '{spec['name']}' is not a layer of the {model.config.model_type} "
+                            "architecture in config.json") from exc
+        setattr(holder, child, FactoredLinear(spec["in_features"], spec["out_features"], spec["rank"], spec["bias"]))
+    return model
+
+
 def save_lowrank(model: nn.Module, out_dir: str | Path, *, manifest: dict[str, Any]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = [{"name": name, "in_features": m.in_features, "out_features": m.out_features, "rank": m.rank,
-               "bias": m.up.bias is not None} for name, m in factored_layers(model).items()]
+    layers = layout(model)
     # one metadata key: with two, their order (and the file's bytes) changed between runs (see dynamic_int8)
     save_file(unique_state(model), out_dir / WEIGHTS_FILE, metadata={"format": f"lmforge-lowrank-v{FORMAT_VERSION}"})
     write_json(out_dir / MANIFEST_FILE, {"format_version": FORMAT_VERSION, **manifest,
                                          "weights_file": WEIGHTS_FILE, "layers": layers})
     save_config(model, out_dir)
-
-
-def is_lowrank(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST_FILE).is_file()
 
 
 def load_lowrank(path: str | Path) -> nn.Module:
@@ -177,16 +193,7 @@ def load_lowrank(path: str | Path) -> nn.Module:
         tensors = load_file(weights_path)
     except (OSError, ValueError, SafetensorError) as exc:
         raise DataError(f"{path}: not a complete low-rank model folder: {exc}") from exc
-    model = new_model(config)
-    for spec in manifest["layers"]:
-        parent, _, child = spec["name"].rpartition(".")
-        try:
-            holder = model.get_submodule(parent)
-            getattr(holder, child)
-        except AttributeError as exc:
-            raise DataError(f"{manifest_path}: '{spec['name']}' is not a layer of the {config.model_type} "
-                            "architecture in config.json") from exc
-        setattr(holder, child, FactoredLinear(spec["in_features"], spec["out_features"], spec["rank"], spec["bias"]))
+    model = refactor(new_model(config), manifest["layers"], manifest_path)
     expected = unique_state(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -7,6 +7,7 @@ the previous one's result, calibrating again where a method needs activations of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from lmforge.compression import lowrank as lowrank_method
 from lmforge.compression import prune as magnitude
 from lmforge.compression import structured as structured_method
 from lmforge.compression import wanda as wanda_method
-from lmforge.compression.calibration import calibrate
+from lmforge.compression.calibration import Calibration, calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.config import PRUNE_METHODS, PruneConfig
 from lmforge.errors import ConfigError
@@ -89,25 +90,40 @@ def _check_unstructured(cfg: PruneConfig, methods: list[str], model: nn.Module) 
         raise _fail("amount", None, f"a fraction > 0 and < 1 with prune.method {methods}")
 
 
+def _l1_unstructured(model: nn.Module, cfg: PruneConfig, calib: Calibration | None) -> tuple[nn.Module, dict]:
+    magnitude.l1_unstructured(model, cfg.amount)
+    return model, {"amount": cfg.amount}
+
+
+def _wanda(model: nn.Module, cfg: PruneConfig, calib: Calibration | None) -> tuple[nn.Module, dict]:
+    wanda_method.wanda(model, calib, cfg.amount, tuple(cfg.n_m) if cfg.n_m else None)
+    return model, {"amount": cfg.amount, "n_m": cfg.n_m}
+
+
+def _structured(model: nn.Module, cfg: PruneConfig, calib: Calibration | None) -> tuple[nn.Module, dict]:
+    return structured_method.structured(model, calib, cfg.heads, cfg.ffn, cfg.layers)
+
+
+def _lowrank(model: nn.Module, cfg: PruneConfig, calib: Calibration | None) -> tuple[nn.Module, dict]:
+    per_type = lowrank_method.lowrank(model, calib, cfg.rank_ratio, cfg.energy, bool(cfg.activation_aware))
+    return model, {"rank_ratio": cfg.rank_ratio, "energy": cfg.energy, "activation_aware": cfg.activation_aware,
+                   "per_type": lowrank_method.lowrank_summary(per_type)}
+
+
+# name -> apply(model, cfg, calibration or None) -> (the model, possibly a new one; its report)
+METHODS: dict[str, Callable[[nn.Module, PruneConfig, Calibration | None], tuple[nn.Module, dict[str, Any]]]] = {
+    "l1_unstructured": _l1_unstructured, "wanda": _wanda, "structured": _structured, "lowrank": _lowrank}
+if set(METHODS) != set(PRUNE_METHODS):  # the config schema names the methods validate accepts
+    raise RuntimeError(f"prune methods {sorted(METHODS)} differ from config.PRUNE_METHODS {sorted(PRUNE_METHODS)}")
+
+
 def apply(model: nn.Module, cfg: PruneConfig, calibration_blocks: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
     """Run `cfg.method` in order on `model`; returns the (possibly new) model and a report per method."""
     report: dict[str, Any] = {}
     for method in cfg.method:
         calib = calibrate(model, calibration_blocks, cfg.calibration.batch_size) \
             if needs_calibration(cfg, method) else None
-        if method == "l1_unstructured":
-            magnitude.l1_unstructured(model, cfg.amount)
-            report[method] = {"amount": cfg.amount}
-        elif method == "wanda":
-            wanda_method.wanda(model, calib, cfg.amount, tuple(cfg.n_m) if cfg.n_m else None)
-            report[method] = {"amount": cfg.amount, "n_m": cfg.n_m}
-        elif method == "structured":
-            model, report[method] = structured_method.structured(model, calib, cfg.heads, cfg.ffn, cfg.layers)
-        else:
-            per_type = lowrank_method.lowrank(model, calib, cfg.rank_ratio, cfg.energy, bool(cfg.activation_aware))
-            report[method] = {"rank_ratio": cfg.rank_ratio, "energy": cfg.energy,
-                              "activation_aware": cfg.activation_aware,
-                              "per_type": lowrank_method.lowrank_summary(per_type)}
+        model, report[method] = METHODS[method](model, cfg, calib)
         if calib is not None:
             report[method]["calibration"] = {"samples": calib.samples, "tokens": calib.tokens}
     return model, report

@@ -359,12 +359,6 @@ def coverage(model: onnx.ModelProto) -> dict[str, Any]:
             "dtype": "int8", "weight_elements_by_dtype": dict(dtypes)}
 
 
-def int8_weight_count(path: str | Path) -> int:
-    """How many int8 / uint8 weight matrices the ONNX file holds."""
-    model = onnx.load(str(path))
-    return sum(1 for init in model.graph.initializer if len(init.dims) >= 2 and init.data_type in INT8_TYPES)
-
-
 # --------------------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------------------
@@ -399,12 +393,6 @@ class OnnxModel:
         self._threads = threads
         self._file = file
         self.session = session(self.path / file, threads)
-
-    def set_threads(self, threads: int) -> None:
-        """ORT fixes its threads when the session is created: recreate it for another count."""
-        if threads != self._threads:
-            self._threads = threads
-            self.session = session(self.path / self._file, threads)
 
     def eval(self) -> OnnxModel:
         return self

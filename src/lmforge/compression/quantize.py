@@ -13,20 +13,22 @@ The stage itself (load -> quantize -> check -> save atomically -> metrics) is st
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from lmforge.artifacts import read_json, write_json
+from lmforge.compression import bf16, dynamic_int8, lowrank, onnx_int8
 from lmforge.compression.model_class import save_config
 from lmforge.config import QuantizeConfig
-from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.modeling import arch
+from lmforge.modeling.io import QUANTIZED_MANIFEST, QUANTIZED_METHODS, method_of
 
-MANIFEST_FILE = "quantization.json"
-METHODS = ("dynamic_int8", "onnx_int8", "bf16")
+MANIFEST_FILE = QUANTIZED_MANIFEST
 
 
 class QuantizationError(LmforgeError):
@@ -51,90 +53,79 @@ def check_config(cfg: QuantizeConfig) -> None:
                               "expected 0)")
 
 
+def _write_manifest(out_dir: Path, cfg: QuantizeConfig, report: dict[str, Any], extra: dict[str, Any]) -> None:
+    write_json(out_dir / MANIFEST_FILE, {"format_version": 1, "method": cfg.method, "per_channel": cfg.per_channel,
+                                         "block_size": cfg.block_size, "coverage": report, **extra})
+
+
+def _write_dynamic_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calibration_blocks: Sequence,
+                        extra: dict[str, Any]) -> dict[str, Any]:
+    quantized, report = dynamic_int8.quantize_dynamic_int8(model, per_channel=cfg.per_channel,
+                                                           include_lm_head=cfg.include_lm_head)
+    dynamic_int8.save_quantized(quantized, out_dir, manifest={  # its manifest also lists the int8 modules
+        "method": cfg.method, "per_channel": cfg.per_channel, "include_lm_head": cfg.include_lm_head,
+        "coverage": report, **extra})
+    return report
+
+
+def _write_onnx_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calibration_blocks: Sequence,
+                     extra: dict[str, Any]) -> dict[str, Any]:
+    fp32 = out_dir / "fp32.onnx.tmp"
+    onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
+    try:
+        report = onnx_int8.quantize_onnx(fp32, out_dir / onnx_int8.MODEL_FILE, per_channel=cfg.per_channel,
+                                         calibration_blocks=calibration_blocks[: cfg.calibration_blocks],
+                                         block_size=cfg.block_size)
+    finally:
+        fp32.unlink(missing_ok=True)
+    save_config(model, out_dir)  # the shape and class, for the loader and evaluate (read as JSON)
+    _write_manifest(out_dir, cfg, report, extra)
+    return report
+
+
+def _write_bf16(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calibration_blocks: Sequence,
+                extra: dict[str, Any]) -> dict[str, Any]:
+    quantized, report = bf16.to_bf16(model)
+    bf16.save(quantized, out_dir)
+    _write_manifest(out_dir, cfg, report, extra)
+    return report
+
+
+@dataclass(frozen=True)
+class Method:
+    """A quantize method: `write(model, out_dir, cfg, calibration_blocks, extra)` writes its folder (weights and
+    quantization.json, `extra` added to it) and returns the coverage report; `load(folder, threads, manifest)`
+    returns the model in the method's own runtime."""
+
+    write: Callable[[nn.Module, Path, QuantizeConfig, Sequence, dict[str, Any]], dict[str, Any]]
+    load: Callable[[Path, int | None, dict[str, Any]], Any]
+
+
+METHODS: dict[str, Method] = {
+    "dynamic_int8": Method(_write_dynamic_int8, lambda path, threads, manifest: dynamic_int8.load_quantized(path)),
+    "onnx_int8": Method(_write_onnx_int8, lambda path, threads, manifest: onnx_int8.OnnxModel(path, threads=threads)),
+    "bf16": Method(_write_bf16, lambda path, threads, manifest: bf16.load(path, manifest.get("factored"))),
+}
+if tuple(METHODS) != QUANTIZED_METHODS:  # modeling.io, a layer below, names the methods a folder may hold
+    raise RuntimeError(f"quantize methods {tuple(METHODS)} differ from modeling.io.QUANTIZED_METHODS")
+
+
 def quantize_to(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, *,
                 calibration_blocks: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
     """Quantize `model` (left as it is) by `cfg.method` and write the folder `out_dir` (without the
     tokenizer); returns the coverage report, also stored in the manifest."""
-    base = {"model_type": model.config.model_type}
-    if cfg.method == "dynamic_int8":
-        from lmforge.compression import dynamic_int8
-
-        quantized, report = dynamic_int8.quantize_dynamic_int8(model, per_channel=cfg.per_channel,
-                                                               include_lm_head=cfg.include_lm_head)
-        dynamic_int8.save_quantized(quantized, out_dir, manifest={
-            "method": cfg.method, "per_channel": cfg.per_channel, "include_lm_head": cfg.include_lm_head,
-            "coverage": report, "base_model": base})
-        return report
-    if cfg.method == "onnx_int8":
-        from lmforge.compression import onnx_int8
-
-        fp32 = out_dir / "fp32.onnx.tmp"
-        onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
-        try:
-            report = onnx_int8.quantize_onnx(fp32, out_dir / onnx_int8.MODEL_FILE, per_channel=cfg.per_channel,
-                                             calibration_blocks=calibration_blocks[: cfg.calibration_blocks],
-                                             block_size=cfg.block_size)
-        finally:
-            fp32.unlink(missing_ok=True)
-        save_config(model, out_dir)  # the shape and class, for the loader and evaluate (read as JSON)
-    elif cfg.method == "bf16":
-        from lmforge.compression import bf16
-
-        quantized, report = bf16.to_bf16(model)
-        bf16.save(quantized, out_dir)
-    else:  # pragma: no cover - the config schema allows only METHODS
-        raise ConfigError(f"unknown quantize.method {cfg.method!r}")
-    write_json(out_dir / MANIFEST_FILE, {"format_version": 1, "method": cfg.method, "per_channel": cfg.per_channel,
-                                         "block_size": cfg.block_size, "coverage": report, "base_model": base})
-    return report
+    extra = {"base_model": {"model_type": model.config.model_type}}
+    if layers := lowrank.layout(model):  # a low-rank pruned model: its loader rebuilds the factors first
+        extra["factored"] = layers
+    return METHODS[cfg.method].write(model, out_dir, cfg, calibration_blocks, extra)
 
 
 def context_length(model: nn.Module) -> int:
-    config = model.config
-    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
-
-
-def weights_bytes(path: str | Path) -> int:
-    """Bytes of a model folder's weights: safetensors or model.onnx (not the task-only task.onnx)."""
-    files = [p for p in Path(path).rglob("*") if p.is_file()
-             and (p.suffix == ".safetensors" or p.name == "model.onnx")]
-    return sum(p.stat().st_size for p in files)
-
-
-def method_of(path: str | Path) -> str:
-    """The method named by a quantized folder's manifest; DataError naming the file if unreadable."""
-    manifest_path = Path(path) / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise DataError(f"{manifest_path}: missing; {path} is not a quantized model folder of lmforge")
-    try:
-        method = read_json(manifest_path).get("method")
-    except (ValueError, AttributeError) as exc:
-        raise DataError(f"{manifest_path}: not a JSON object: {exc}") from exc
-    if method not in METHODS:
-        raise DataError(f"{manifest_path}: method {method!r}, expected one of {', '.join(METHODS)}")
-    return method
+    return int(arch.context_length(model.config) or 2048)
 
 
 def load_quantized(path: str | Path, threads: int | None = None) -> Any:
     """Load any folder written by the quantize stage, in its own runtime (ONNX: an ORT session with
     `threads` intra-op threads; int8 torch: dynamic-quantized modules; bf16: a bf16 model)."""
     path = Path(path)
-    method = method_of(path)
-    if method == "dynamic_int8":
-        from lmforge.compression.dynamic_int8 import load_quantized as load_int8
-
-        return load_int8(path)
-    if method == "onnx_int8":
-        from lmforge.compression.onnx_int8 import OnnxModel
-
-        return OnnxModel(path, threads=threads)
-    from lmforge.compression import bf16
-
-    return bf16.load(path)
-
-
-def manifest(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(path) / MANIFEST_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{Path(path) / MANIFEST_FILE}: cannot be read: {exc}") from exc
+    return METHODS[method_of(path)].load(path, threads, read_json(path / MANIFEST_FILE))

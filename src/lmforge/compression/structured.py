@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.compression.calibration import Calibration, blocks_of, most_influential_blocks
+from lmforge.compression.calibration import Calibration
 from lmforge.errors import ConfigError
+from lmforge.modeling.arch import blocks_of, most_influential_blocks
 from lmforge.modeling.family import new_model
 
 

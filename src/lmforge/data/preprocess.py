@@ -1,4 +1,5 @@
-"""Raw corpora -> data/processed (layout in `lmforge.paths`), and the metrics of every step.
+"""The steps of raw corpora -> data/processed (layout in `lmforge.paths`), each returning its metrics; the
+recipe that runs them in order is stages/preprocess.py:
 
 validate -> load raw corpora (synthetic, local files or hub datasets) -> detokenise, clean, dedupe,
 length filters -> (carve the domain corpus out of the task reviews) -> split by hash -> leakage
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lmforge import paths
-from lmforge.artifacts import atomic_dir, write_json
-from lmforge.config import DataConfig, Params, PreprocessConfig
+from lmforge.config import DataConfig, PreprocessConfig
 from lmforge.data import RawCorpora, sources, synthetic
 from lmforge.data.arrow_files import BlockWriter, TextFile
-from lmforge.data.baseline import bow_accuracy, majority_accuracy
-from lmforge.data.cleaning import DocumentFilter, digest, normalized_key, overlap_key
+from lmforge.data.cleaning import DocumentFilter, digest, overlap_key
+from lmforge.data.examples import encode_prompts
 from lmforge.errors import ConfigError, DataError
-from lmforge.modeling.family import is_encoder
 
 log = logging.getLogger(__name__)
 
@@ -50,86 +48,6 @@ CHARS_PER_TOKENIZER_CALL = 1 << 18  # enough text to amortise a batch call; its 
 SOURCES: dict[str, Callable[[DataConfig, int], RawCorpora]] = {
     "synthetic": synthetic.generate, "local": sources.load_real, "hub": sources.load_real}
 BASE_TOKENIZER = paths.MODELS / "base"  # written by the base stage (a pretrained checkpoint)
-
-
-def preprocess(params: Params) -> dict[str, Any]:
-    """Run the whole preprocess stage from validated params (`stage_params("data", "preprocess")`);
-    writes data/processed and returns the metrics."""
-    data_cfg: DataConfig = params.data
-    cfg: PreprocessConfig = params.preprocess
-    validate(cfg)
-
-    log.info("loading %s corpora (seed %d)", data_cfg.source, params.seed)
-    raw = load_raw(data_cfg, params.seed)
-    if any(not 0 <= y < len(cfg.label_words) for y in raw.task_labels):
-        raise DataError(f"task labels must be indices into preprocess.label_words "
-                        f"(0..{len(cfg.label_words) - 1}), found {sorted(set(raw.task_labels))}")
-
-    metrics: dict[str, Any] = {"sources": {}}
-    carve = data_cfg.domain_from_task is not None
-    task_detokenize = data_cfg.task.detokenize if data_cfg.task else "none"
-    task, metrics["sources"]["task"] = clean_corpus("task", raw.task_texts, cfg.min_chars, cfg.max_chars,
-                                                    cfg.dedupe, task_detokenize)
-    lm_docs: dict[str, Iterable[str]] = {"general": raw.general, "domain": raw.domain}
-    if carve:  # the domain corpus is a share of the cleaned task reviews, without their labels
-        domain, task = carve_domain(task, data_cfg.domain_from_task)
-        metrics["sources"]["task"]["moved_to_domain"] = len(domain)
-        metrics["sources"]["task"]["docs_out"] = len(task)
-        lm_docs["domain"] = [text for _, text in domain]
-    labels = {text: raw.task_labels[i] for i, text in task}  # texts are unique after dedupe
-    splits: dict[str, dict[str, Any]] = {
-        "task": split_by_hash("task", [text for _, text in task], cfg.val_fraction, cfg.test_fraction)}
-    require_every_split("task", splits["task"], cfg.val_fraction, cfg.test_fraction)
-    metrics["sources"] = {name: {} for name in ("general", "domain")} | metrics["sources"]  # report order
-
-    tokenizer = load_base_tokenizer() if cfg.tokenizer == "base" else None
-    with atomic_dir(paths.PROCESSED) as out:
-        work = out / ".work"  # cleaned text and packed blocks before save_to_disk; removed below
-        work.mkdir()
-        for name, docs in lm_docs.items():
-            if carve and name == "domain":  # already cleaned as task reviews
-                splits[name], _ = spill_corpus(name, docs, None, cfg, work)
-                metrics["sources"]["domain"] = {"docs_in": len(docs), "docs_out": len(docs)}
-            else:
-                spec = getattr(data_cfg, name, None)
-                docs_filter = DocumentFilter(cfg.min_chars, cfg.max_chars, cfg.dedupe,
-                                             spec.detokenize if spec else "none")
-                splits[name], metrics["sources"][name] = spill_corpus(name, docs, docs_filter, cfg, work)
-        key = normalized_key if cfg.dedupe == "normalized" else None
-        metrics["leakage"] = check_leakage(splits, key=key, disjoint_task_domain=carve)
-        save_text_digests(splits, out / paths.TEXT_DIGESTS.name)
-
-        if tokenizer is None:
-            tokenizer = train_tokenizer(tokenizer_corpus(splits, labels, cfg), cfg.vocab_size,
-                                        encoder=params.model is not None and is_encoder(params.model.arch))
-        label_token_ids = check_label_words(tokenizer, cfg)
-        tokenizer.save_pretrained(out / paths.TOKENIZER.name)
-        metrics["vocab_size"] = len(tokenizer)
-        metrics["label_token_ids"] = label_token_ids
-
-        for name, path in LM_CORPORA.items():
-            blocks, metrics[path.name] = {}, {}
-            for split in SPLITS:
-                blocks[split], metrics[path.name][split] = pack(
-                    splits[name][split], tokenizer, cfg.block_size, name, split, work / f"{name}-{split}.blocks.arrow")
-            DatasetDict(blocks).save_to_disk(out / path.name)
-            del blocks
-
-        task_sets, metrics["task"] = task_examples(splits["task"], labels, tokenizer, cfg)
-        task_sets.save_to_disk(out / paths.TASK.name)
-        write_json(out / paths.TASK_META.name, {"prompt": cfg.prompt, "label_words": cfg.label_words,
-                                                "label_token_ids": label_token_ids,
-                                                "block_size": cfg.block_size})
-        shutil.rmtree(work)
-    log.info("wrote %s", paths.PROCESSED)
-
-    train, test = splits["task"]["train"], splits["task"]["test"]
-    train_labels, test_labels = [labels[t] for t in train], [labels[t] for t in test]
-    metrics["bow_baseline_accuracy"] = bow_accuracy(train, train_labels, test, test_labels)
-    metrics["majority_accuracy"] = majority_accuracy(train_labels, test_labels)
-    log.info("task test accuracy: bag of words (unigrams + bigrams) %.3f, majority class %.3f",
-             metrics["bow_baseline_accuracy"], metrics["majority_accuracy"])
-    return metrics
 
 
 def validate(cfg: PreprocessConfig) -> None:
@@ -399,19 +317,6 @@ def _text_batches(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def encode_prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
-                   block_size: int) -> tuple[list[list[int]], list[bool]]:
-    """Token ids of review + prompt, as every model is asked (task examples and external test sets alike),
-    and whether each was truncated: a review too long for the block keeps its end, leaving one position
-    for the label word."""
-    room = block_size - 1
-    ids = tokenizer([text + prompt for text in texts])["input_ids"]
-    cls = tokenizer.cls_token_id  # an encoder's classifier reads [CLS]: it stays first
-    kept = [x[:1] + x[len(x) - room + 1:] if cls is not None and x[0] == cls and len(x) > room else x[-room:]
-            for x in ids]
-    return kept, [len(x) > room for x in ids]
 
 
 def _procs(num_proc: int, docs: list) -> int | None:

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # user-facing builder names -> (datasets builder, extra builder arguments)
 LOCAL_BUILDERS = {"text": ("text", {}), "csv": ("csv", {}), "tsv": ("csv", {"sep": "\t"}),
                   "json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {})}
-TEXT_COLUMN = "text"  # what the text builder calls its only column
 
 
 def load_real(cfg: DataConfig, seed: int) -> RawCorpora:  # noqa: ARG001 - same signature as synthetic

@@ -184,14 +184,6 @@ def sentiment_score(text: str) -> int:
     return score
 
 
-def sentiment_label(text: str) -> int:
-    """1 (positive) or 0 (negative); a review whose score is 0 has no label."""
-    score = sentiment_score(text)
-    if score == 0:
-        raise ValueError(f"review has a tied sentiment score and no label: {text!r}")
-    return int(score > 0)
-
-
 def with_article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 

@@ -1,8 +1,8 @@
-"""Measure every model of the chain on the same test data and the same CPU, and compare it to the teacher."""
+"""The components of the evaluate stage (its recipe is stages/evaluate.py): one model's row of measurements on
+the test data, the comparison with the teacher, the environment, the checks of the inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -13,19 +13,17 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from torch import nn
 
 from lmforge import hardware, paths
 from lmforge.artifacts import read_json
-from lmforge.compression.quantize import weights_bytes
-from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig, Params
+from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig
+from lmforge.data.examples import nsp_pairs
+from lmforge.data.processed import load_tokenizer
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
 from lmforge.evaluation import metrics
-from lmforge.evaluation.external import load_external_sets
-from lmforge.evaluation.report import format_value
+from lmforge.modeling.arch import context_length
 from lmforge.modeling.family import is_encoder, kind_of
-from lmforge.modelio import load_weights
-from lmforge.training.objectives import nsp_pairs
+from lmforge.modeling.io import method_of, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -35,58 +33,8 @@ PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
 
 
-def evaluate(params: Params) -> dict[str, Any]:
-    """Measure the models named in params.evaluate.models (and the base model, when the chain starts
-    from a pretrained one: what adaptation bought is measured against it).
-
-    Returns {"models": {name: {...}}, "baselines": {...}, "external": {...}, "data": {...}, "environment": {...}}.
-    """
-    cfg: EvaluateConfig = params.evaluate
-    seed = params.seed
-    models = models_to_measure(cfg.models, params.model)
-    _check_inputs(models)
-
-    general = list(_test_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
-    domain = list(_test_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
-    task = _test_split(paths.TASK)
-    task = task.select(range(min(cfg.max_task_examples, len(task))))
-    prompts, labels = list(task["prompt_ids"]), list(task["label"])
-    task_meta = read_json(paths.TASK_META)
-    label_token_ids = task_meta["label_token_ids"]
-    baselines = _baselines()  # read up front: a broken file should fail before minutes of measuring
-    external = load_external_sets(cfg.external, _tokenizer() if cfg.external else None, task_meta)
-
-    env = environment(cfg.threads)  # before measuring: the load average then is other processes' load
-    # fp32 models run in this precision (auto: measured); quantized ones in their own dtype and runtime
-    width = max(_width(read_json(paths.model_dir(name) / "config.json")) for name in cfg.models)
-    env["precision"] = hardware.choose_precision(cfg.precision, kind="inference", width=width)  # widest model
-    results: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(models, start=1):
-        log.info("evaluate [%d/%d] %s: loading %s", i, len(models), name, paths.model_dir(name))
-        model = load_model(name, threads=cfg.threads)
-        # the quantized model runs in its own dtype and runtime: its row names the method
-        precision = quantized_method(name) or env["precision"]["precision"]
-        with hardware.autocast(precision):
-            results[name] = _measure(name, model, cfg, general, domain, prompts, labels, label_token_ids, seed,
-                                     external)
-        results[name]["precision"] = precision
-        del model
-
-    _add_relative(results)
-    return {
-        "models": {name: _rounded(row) for name, row in results.items()},
-        "baselines": baselines,
-        "external": {s.name: s.stats for s in external},
-        "data": {"lm_blocks_general": len(general), "lm_blocks_domain": len(domain),
-                 "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
-                 "throughput_batch": cfg.throughput_batch},
-        "environment": env,
-        "gate": dataclasses.asdict(cfg.gate),  # what the report's recommendation must pass
-    }
-
-
-def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
-             labels: list, label_token_ids: list[int], seed: int, external: list) -> dict[str, Any]:
+def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
+                  labels: list, label_token_ids: list[int], seed: int, external: list) -> dict[str, Any]:
     """One row of the report: size, perplexities, accuracy (and on each external set), latency, throughput."""
     model_config = read_json(paths.model_dir(name) / "config.json")
     _check_seq_len(name, model_config, [general, domain, prompts, *(s.prompts for s in external)],
@@ -100,7 +48,7 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
         row["ppl_general"] = metrics.perplexity(model, general, EVAL_BATCH_SIZE)
         row["ppl_domain"] = metrics.perplexity(model, domain, EVAL_BATCH_SIZE)
     elif kind in ("masked", "pretraining"):  # an encoder's LM: the same masked positions for every model
-        tokenizer = _tokenizer()  # its [MASK], [CLS] and [SEP]
+        tokenizer = load_tokenizer()  # its [MASK], [CLS] and [SEP]
         masked = {"mask_token_id": tokenizer.mask_token_id, "special_ids": tokenizer.all_special_ids, "seed": seed}
         row["ppl_general"] = metrics.masked_perplexity(model, general, EVAL_BATCH_SIZE, **masked)
         row["ppl_domain"] = metrics.masked_perplexity(model, domain, EVAL_BATCH_SIZE, **masked)
@@ -127,21 +75,16 @@ def _measure(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: 
     row["tokens_per_s"] = metrics.throughput(model, cfg.throughput_batch, cfg.latency_seq_len,
                                              cfg.throughput_runs, vocab_size, threads=cfg.threads,
                                              seed=seed)
-    log.info("evaluate %s: ppl general %s, ppl domain %s, accuracy %.3f, p50 %.2f ms, %.0f tokens/s", name,
-             format_value(row["ppl_general"], "{:.2f}"), format_value(row["ppl_domain"], "{:.2f}"),
-             row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
     return row
 
 
-def _width(model_config: dict) -> int:
+def width(model_config: dict) -> int:
     return int(model_config.get("n_embd") or model_config.get("hidden_size") or 512)
 
 
 def quantized_method(name: str) -> str | None:
     if name != "quantized":
         return None
-    from lmforge.compression.quantize import method_of
-
     return method_of(paths.model_dir(name))
 
 
@@ -159,17 +102,6 @@ def models_to_measure(models: list[str], model_cfg: ModelConfig | None) -> list[
     return models if "base" in models or not pretrained else ["base", *models]
 
 
-def _tokenizer():
-    return transformers.AutoTokenizer.from_pretrained(str(paths.TOKENIZER), trust_remote_code=False)
-
-
-def load_model(name: str, threads: int | None = None) -> nn.Module:
-    """A model folder of the chain, in eval mode, through the loader of its format (lmforge.modelio): fp32 from
-    checked safetensors, low-rank factors, or the quantized model in its own runtime (ONNX Runtime with
-    `threads` threads, torch int8, bf16)."""
-    return load_weights(paths.model_dir(name), threads=threads)
-
-
 def environment(threads: int) -> dict[str, Any]:
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "threads": threads, "cpu": hardware.cpu_model(),
@@ -177,7 +109,7 @@ def environment(threads: int) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
-def _check_inputs(models: list[str]) -> None:
+def check_inputs(models: list[str]) -> None:
     """Fail before any work if a model or data folder is missing, naming every one and its stage."""
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
@@ -192,7 +124,7 @@ def _check_inputs(models: list[str]) -> None:
         raise DataError("evaluate needs inputs that are missing: " + "; ".join(missing))
 
 
-def _test_split(path: Path) -> datasets.Dataset:
+def test_split(path: Path) -> datasets.Dataset:
     try:
         splits = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
@@ -204,7 +136,7 @@ def _test_split(path: Path) -> datasets.Dataset:
 
 def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]]], latency_len: int) -> None:
     """A sequence longer than the position table would crash GPT-2 deep inside; say so plainly."""
-    limit = model_config.get("n_positions") or model_config.get("max_position_embeddings")
+    limit = context_length(model_config)
     if limit is None:
         return
     if latency_len > limit:
@@ -216,7 +148,7 @@ def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]
                         f"positions of models/{name}")
 
 
-def _add_relative(results: dict[str, dict[str, Any]]) -> None:
+def add_relative(results: dict[str, dict[str, Any]]) -> None:
     """Retention, speedup and compression of every model against the teacher (None without one)."""
     ref = results.get(REFERENCE)
     if ref is None:
@@ -234,12 +166,12 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
-def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+def rounded(row: dict[str, Any]) -> dict[str, Any]:
     """Four decimals is below measurement noise and keeps `dvc metrics diff` readable."""
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def _baselines() -> dict[str, dict[str, float]]:
+def baselines() -> dict[str, dict[str, float]]:
     """The task baselines measured by preprocess, when it wrote them."""
     if not PREPROCESS_METRICS.is_file():
         log.warning("%s not found: the report has no baseline rows", PREPROCESS_METRICS)

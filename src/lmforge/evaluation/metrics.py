@@ -22,14 +22,16 @@ from datasets import Dataset
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-from lmforge.training.losses import MLM_PROBABILITY
+from lmforge.data.examples import MLM_PROBABILITY
+from lmforge.data.processed import ValidationData
+from lmforge.modeling.family import is_classifier
 
 # GPT-2's token and position embeddings; the Llama family's token embeddings (its positions are rotary);
 # BERT's token, position and token-type embeddings
 EMBEDDING_NAMES = ("wte", "wpe", "embed_tokens", "word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input_ids and attention_mask. The pad value is never seen by a real position:
     it comes after every real token and attention is causal (or masked, in an encoder). A GPT-2 or Llama
     classifier finds its last real token by the pad id, so it gets its own (`pad_id_of`)."""
@@ -68,7 +70,7 @@ def perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Dataset, batc
     model.eval()
     nll_sum, n_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids, mask = _pad_right(blocks[start : start + batch_size])
+        ids, mask = pad_right(blocks[start : start + batch_size])
         logits = _logits(model, ids, mask)[:, :-1]
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
@@ -97,7 +99,7 @@ def masked_perplexity(model: nn.Module, blocks: Sequence[Sequence[int]] | Datase
     special = torch.tensor(list(special_ids), dtype=torch.long)
     nll_sum, n_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids, mask = _pad_right(blocks[start : start + batch_size])
+        ids, mask = pad_right(blocks[start : start + batch_size])
         chosen = (torch.rand(ids.shape, generator=generator) < probability) & (mask == 1) & ~torch.isin(ids, special)
         if not chosen.any():
             continue
@@ -140,7 +142,7 @@ def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = _pad_right([prompt_ids[i] for i in idx], pad_id_of(model))
+        ids, mask = pad_right([prompt_ids[i] for i in idx], pad_id_of(model))
         logits = _logits(model, ids, mask)
         if logits.dim() == 2:  # a classifier: one row of label logits per prompt
             out[idx] = logits.log_softmax(dim=-1)
@@ -229,20 +231,27 @@ def _random_ids(batch: int, seq_len: int, vocab_size: int, seed: int) -> tuple[t
     return ids, torch.ones_like(ids)
 
 
+def time_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    """Wall time in ms of each of `runs` calls of `fn`, after `warmup` untimed calls: the one timer of lmforge
+    (evaluate's latency and throughput, quantize's per-review times, the benchmarks)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 @torch.inference_mode()
 def latency(model: nn.Module, seq_len: int, warmup: int, runs: int, vocab_size: int,
             threads: int = 1, seed: int = 0) -> dict[str, float]:
     """p50 / p90 wall time in ms of one full forward pass at batch 1 over `seq_len` tokens."""
     model.eval()
     ids, mask = _random_ids(1, seq_len, vocab_size, seed)
-    times = []
     with torch_threads(threads):
-        for _ in range(warmup):
-            model(input_ids=ids, attention_mask=mask)
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append((time.perf_counter() - start) * 1000)
+        times = time_ms(lambda: model(input_ids=ids, attention_mask=mask), runs, warmup)
     p50, p90 = np.percentile(times, [50, 90])
     return {"p50_ms": float(p50), "p90_ms": float(p90)}
 
@@ -254,9 +263,23 @@ def throughput(model: nn.Module, batch: int, seq_len: int, runs: int, vocab_size
     model.eval()
     ids, mask = _random_ids(batch, seq_len, vocab_size, seed)
     with torch_threads(threads):
-        model(input_ids=ids, attention_mask=mask)
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(input_ids=ids, attention_mask=mask)
-        elapsed = time.perf_counter() - start
+        elapsed = sum(time_ms(lambda: model(input_ids=ids, attention_mask=mask), runs)) / 1000
     return batch * seq_len * runs / elapsed
+
+
+def measure(model: nn.Module, val: ValidationData, batch_size: int = 16) -> dict[str, float | None]:
+    """Validation accuracy and perplexities of `model` (left on the CPU, in eval mode), what a compression
+    stage compares with the teacher (lmforge.evaluation.gate); a diverged model's perplexity is inf, a
+    classifier's None (label logits only)."""
+    def ppl(blocks: list[list[int]]) -> float:
+        try:
+            return round(perplexity(model, blocks, batch_size), 4)
+        except OverflowError:
+            return math.inf
+
+    if isinstance(model, nn.Module):  # an ONNX Runtime session has no device to move
+        model.cpu()  # the Trainer may have left it on a GPU; these measurements build CPU tensors
+    accuracy = task_accuracy(model, val.prompts, val.labels, val.label_token_ids, batch_size)
+    if is_classifier(model):
+        return {"accuracy": round(accuracy, 4), "ppl_general": None, "ppl_domain": None}
+    return {"accuracy": round(accuracy, 4), "ppl_general": ppl(val.general), "ppl_domain": ppl(val.domain)}

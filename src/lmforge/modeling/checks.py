@@ -1,4 +1,6 @@
-"""Every stage's input model, loaded the one checked way: safetensors only, finite weights.
+"""Every stage's input model, loaded the one checked way: safetensors only, finite weights. `load_hf` is the
+loader of the hf format of lmforge.modeling.io (which loads every format); the stages whose input is always a
+`save_pretrained` folder call it directly, so they do not depend on the code of the compressed formats.
 
 A model folder of the chain that is truncated, or holds a NaN or an infinity, stops the stage that
 reads it before any work, with a message naming the file, the tensor and the stage that wrote it,
@@ -9,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import AutoConfig
 
 from lmforge.errors import DataError, LmforgeError, missing_input, require, rerun_hint
+from lmforge.modeling.family import auto_class
 
 
 def _named_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
@@ -59,14 +64,10 @@ def check_safetensors(folder: Path) -> list[Path]:
     return files
 
 
-def load_model(folder: str | Path, model_class: type | None = None, **kwargs):
+def load_hf(folder: str | Path, model_class: type | None = None, **kwargs: Any) -> Any:
     """A `save_pretrained` folder of the chain as an fp32 model of its own kind (causal LM, masked LM,
     classifier: lmforge.modeling.family) or as `model_class` (a bare encoder with the heads of an objective),
     from safetensors only, checked finite."""
-    from transformers import AutoConfig
-
-    from lmforge.modeling.family import auto_class
-
     folder = require(folder)
     files = check_safetensors(folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 ENCODER_TYPES = ("bert",)  # model_type values of bidirectional encoders
-KINDS = ("causal", "masked", "pretraining", "classifier")
 
 
 def is_encoder(model_type: str) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
 from lmforge import paths
-from lmforge.artifacts import atomic_dir, read_json, write_json
+from lmforge.artifacts import read_json
 from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError, missing_input
-from lmforge.modelcard import write_bundle
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder
 
@@ -142,30 +140,6 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, Any]:
     if tokenizer.pad_token is None:  # GPT-2 has none; padding is always masked, eos serves
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
-
-
-def prepare_base(cfg: ModelConfig, out: Path = BASE) -> dict[str, Any]:
-    """The base stage: write models/base and return its manifest (also saved as models/base/base.json)."""
-    if cfg.init == "scratch":
-        check_source(cfg)
-        manifest: dict[str, Any] = {"init": "scratch"}
-        with atomic_dir(out) as tmp:
-            write_json(tmp / MANIFEST, manifest)
-        return manifest
-
-    start = time.perf_counter()
-    model, tokenizer = load_pretrained(cfg)
-    manifest = {"init": "pretrained", "name_or_path": cfg.name_or_path, "gguf_file": cfg.gguf_file,
-                "model_type": model.config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
-                "vocab_size": len(tokenizer)}
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / MANIFEST, manifest)
-        write_bundle(tmp, "base")  # no task yet: preprocess runs after this stage
-    log.info("wrote %s (%s, %d parameters) in %.1f s", out, manifest["model_type"], manifest["parameters"],
-             time.perf_counter() - start)
-    return manifest
 
 
 def base_checkpoint(cfg: ModelConfig, base: Path = BASE) -> Path:

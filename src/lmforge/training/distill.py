@@ -1,4 +1,4 @@
-"""Teacher -> student knowledge distillation as a Trainer whose loss is
+"""Teacher -> student knowledge distillation as a Trainer (the recipe is stages/distill.py) whose loss is
 
     alpha_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + alpha_ce * CE(student, labels)
 
@@ -17,26 +17,19 @@ layer map), through a learned projection when the student is narrower.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lmforge import paths
-from lmforge.compression.calibration import blocks_of, calibrate, calibration_blocks, most_influential_blocks
-from lmforge.config import KDConfig, Params
+from lmforge.config import KDConfig
 from lmforge.errors import LmforgeError
-from lmforge.evaluation import gate
-from lmforge.modeling.build import build_student, non_embedding_parameters, student_shape, teacher_layer_map
-from lmforge.modeling.checks import load_model
-from lmforge.modeling.family import head_of, is_classifier
-from lmforge.training import data
+from lmforge.modeling.arch import blocks_of
+from lmforge.modeling.build import teacher_layer_map
+from lmforge.modeling.family import is_classifier
 from lmforge.training.losses import class_distillation_loss, distillation_loss, hidden_state_loss
-from lmforge.training.runner import LMTrainer, fingerprint, fit, save_model
-
-log = logging.getLogger(__name__)
+from lmforge.training.runner import LMTrainer
 
 
 class BlockOutputs:
@@ -150,55 +143,3 @@ def check_logits_from_hidden(model: PreTrainedModel) -> None:
     if (logits.float() - rebuilt.float()).abs().max().item() > tolerance:
         raise LmforgeError(f"distillation: the teacher ({type(model).__name__}) does not compute its logits as "
                            "output_embeddings(last hidden state); the chunked KD loss cannot be used with it")
-
-
-def student_layer_map(teacher: PreTrainedModel, params: Params) -> tuple[list[int] | None, list[float]]:
-    """The teacher layers the student starts from, and the measured block influence they were chosen by.
-
-    (None, []) when no layer is copied (a narrower student) or `even` spacing is asked for."""
-    cfg = params.student
-    n_layer, _, n_embd = student_shape(params.model, cfg)
-    if not cfg.init_from_teacher or n_embd != params.model.n_embd or cfg.layer_selection == "even":
-        return None, []
-    blocks = calibration_blocks(cfg.calibration_samples, params.seed)
-    influence = calibrate(teacher, blocks, batch_size=8).block_influence
-    layer_map = most_influential_blocks(influence, n_layer)
-    log.info("block influence of the teacher's layers on %d calibration blocks: %s", len(blocks),
-             " ".join(f"{b:.3f}" for b in influence))
-    return layer_map, [round(b, 5) for b in influence]
-
-
-def distill(params: Params) -> dict[str, Any]:
-    cfg = params.distill
-    student_shape(params.model, params.student)  # a student larger than its teacher fails here, first
-    source = paths.model_dir("teacher")
-    teacher = load_model(source)
-    tokenizer = data.load_tokenizer()
-    layer_map, influence = student_layer_map(teacher, params)
-    student = build_student(teacher, params.model, params.student, seed=params.seed, layer_map=layer_map)
-    ratio = non_embedding_parameters(student) / non_embedding_parameters(teacher)
-    log.info("student: %d layers, %d wide, %.1f%% of the teacher's non-embedding parameters",
-             student.config.num_hidden_layers, student.config.hidden_size, 100 * ratio)
-
-    examples = cfg.max_steps * cfg.batch_size * cfg.grad_accum_steps
-    head = head_of(teacher)  # set by finetune (task.head)
-    train_set = data.mixture_train_set(cfg.mixture, examples, params.seed, head=head)
-    # a classifier student has no LM head: its validation loss is the task's alone
-    eval_sets = data.eval_sets(cfg.eval_max_examples, with_task=True, head=head, with_lm=head == "lm")
-    run_id = fingerprint({"seed": params.seed, "student": params.student, "distill": cfg},
-                         [source, paths.PROCESSED])
-    projected = cfg.alpha_hidden > 0 and attach_hidden_projection(student, teacher)
-    metrics = fit("distill", student, tokenizer, train_set, eval_sets, cfg, params.seed, run_id,
-                  None, trainer_cls=DistillationTrainer, teacher=teacher, kd=cfg.kd, alpha_hidden=cfg.alpha_hidden,
-                  hidden_loss=cfg.hidden_loss, layer_map=layer_map)
-    detach_hidden_projection(student)  # a training aid, not part of the student
-    metrics["non_embedding_parameter_ratio"] = round(ratio, 4)
-    metrics["student_init"] = {"teacher_layers": layer_map, "block_influence": influence}
-    metrics["hidden_kd"] = {"alpha_hidden": cfg.alpha_hidden, "loss": cfg.hidden_loss, "projection": projected}
-    metrics["gate"] = {"enabled": False}
-    if cfg.gate is not None:  # before saving: a failing student leaves models/student as it was
-        val = gate.validation_data(cfg.eval_max_examples)
-        metrics["gate"] = gate.check("distill", cfg.gate, gate.measure(student, val), gate.measure(teacher, val),
-                                     str(paths.model_dir("student")))
-    save_model(student, tokenizer, paths.model_dir("student"), "distill", metrics)
-    return metrics

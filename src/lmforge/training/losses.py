@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # label value the loss skips
-MLM_PROBABILITY = 0.15  # BERT's: of the real tokens of a block, this share is masked and predicted
+from lmforge.data.examples import IGNORE_INDEX
 
 
 def per_example(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

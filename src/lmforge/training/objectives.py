@@ -18,17 +18,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
 
+from lmforge.data.examples import IGNORE_INDEX, MLM_PROBABILITY
 from lmforge.modeling.family import is_encoder, kind_of_model
 from lmforge.training.losses import (
-    IGNORE_INDEX,
-    MLM_PROBABILITY,
     lm_loss,
     masked_lm_loss,
     masked_positions_nll,
@@ -51,28 +48,6 @@ class TokenMasker:
         """(masked inputs, labels: the original token at chosen positions, -100 elsewhere)."""
         special = torch.isin(input_ids, self.special) | (attention_mask == 0)
         return self.collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=special)
-
-
-def nsp_pairs(blocks: Dataset, cls_id: int, sep_id: int, seed: int) -> Dataset:
-    """Next-sentence pairs from the LM blocks of one split: block i's first half A, then its second half B
-    (label 0, "is next") or the second half of another block of the same split (label 1, "random"), each
-    with probability 1/2. Built per split, so no pair crosses a split. The segments are spans of packed text
-    (RoBERTa's finding: segments serve NSP as well as linguistic sentences)."""
-    ids = np.asarray(blocks["input_ids"], dtype=np.int64)
-    n, length = ids.shape
-    if n < 2:
-        raise ValueError(f"next-sentence pairs need at least 2 blocks, the split has {n}")
-    half = (length - 3) // 2  # [CLS] A [SEP] B [SEP] fits in one block
-    rng = np.random.default_rng(seed)
-    random_next = rng.random(n) < 0.5
-    other = (np.arange(n) + rng.integers(1, n, size=n)) % n  # any block but i itself
-    source = np.where(random_next, other, np.arange(n))
-    first, second = ids[:, :half], ids[source, half:2 * half]
-    column = np.full((n, 1), 0, dtype=np.int64)
-    input_ids = np.concatenate([column + cls_id, first, column + sep_id, second, column + sep_id], axis=1)
-    token_type_ids = np.concatenate([np.zeros((n, half + 2), np.int64), np.ones((n, half + 1), np.int64)], axis=1)
-    return Dataset.from_dict({"input_ids": input_ids.tolist(), "token_type_ids": token_type_ids.tolist(),
-                              "next_sentence_label": random_next.astype(np.int64).tolist()})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,14 +41,14 @@ from transformers.integrations import DVCLiveCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmforge import hardware, paths, quiet
-from lmforge.artifacts import atomic_dir, write_json, write_text
+from lmforge.artifacts import write_json, write_text
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.modelcard import write_bundle
+from lmforge.locks import lock_stage, release_stage
+from lmforge.modeling.card import save_folder
 from lmforge.modeling.checks import check_finite
 from lmforge.modeling.family import is_encoder, kind_of_model
-from lmforge.stage import StageBusy, is_main_process, lock_stage, release_stage  # noqa: F401 - StageBusy: API
-from lmforge.training.data import collator_for
+from lmforge.training.collate import collator_for
 from lmforge.training.objectives import training_loss
 
 log = logging.getLogger(__name__)
@@ -353,20 +353,18 @@ def gathered_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor] | Non
     return full
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output: Path, stage: str,
-               metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
-    """The main process writes `model` (`save_pretrained`, or `save(folder)` for another format) and the
-    tokenizer to `output` atomically; for stages that check the trained model before saving it. Every rank
-    calls it: under FSDP the full weights are gathered here first."""
+def model_writer(model: PreTrainedModel, stage: str,
+                 write: Callable[[Path], object] | None = None) -> Callable[[Path], object]:
+    """How `model` is written into a folder for `save_folder`: `model.save_pretrained`, or `write` for a format
+    of its own (low-rank). Every rank calls it: under FSDP the full weights are gathered here first (a
+    collective), and the main process's writer saves them as a plain `save_pretrained` folder."""
     state_dict = gathered_state_dict(model)
-    if state_dict is not None and save is not None:
-        raise LmforgeError(f"{stage}: {output} has a format of its own, which cannot be written from an FSDP-sharded "
-                           "model; run this stage with launcher python or torchrun")
-    if is_main_process():
-        with atomic_dir(output) as folder:
-            save(folder) if save is not None else model.save_pretrained(folder, state_dict=state_dict)
-            tokenizer.save_pretrained(folder)
-            write_bundle(folder, stage, metrics=metrics)
+    if state_dict is None:
+        return write or model.save_pretrained
+    if write is not None:
+        raise LmforgeError(f"{stage}: a format of its own cannot be written from an FSDP-sharded model; run this "
+                           "stage with launcher python or torchrun")
+    return lambda folder: model.save_pretrained(folder, state_dict=state_dict)
 
 
 def fit(
@@ -484,10 +482,9 @@ def fit(
                 metrics[f"eval_{name}_{perplexity}"] = round(math.exp(loss), 3) if loss < 700 else math.inf
 
         if output is not None:
-            save_model(model, tokenizer, output, stage, metrics)  # the card carries these metrics
+            save_folder(output, stage, model_writer(model, stage), tokenizer=tokenizer,
+                        metrics=metrics)  # the card carries these metrics
             state.wait_for_everyone()  # no rank goes on before the model is in place
-            if state.is_main_process:
-                log.info("%s: saved %s", stage, output)
         if complete and live is not None:
             live.end()  # the Trainer's on_train_end does it after training
         return metrics

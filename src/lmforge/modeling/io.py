@@ -29,14 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from lmforge.artifacts import read_json
+from lmforge.data.cleaning import clean_text
+from lmforge.data.examples import encode_prompts
 from lmforge.errors import DataError, rerun_hint
 from lmforge.evaluation import metrics
-from lmforge.modelcard import TASK_FILE
+from lmforge.modeling.arch import context_length
+from lmforge.modeling.card import TASK_FILE
+from lmforge.modeling.checks import load_hf
+from lmforge.modeling.family import kind_of
 from lmforge.paths import producer_of
 
 BATCH_SIZE = 32
+QUANTIZED_MANIFEST = "quantization.json"  # lmforge.compression.quantize writes it
+QUANTIZED_METHODS = ("dynamic_int8", "onnx_int8", "bf16")  # the runtimes a quantized folder is loaded in
 GENERIC_MANIFEST = "config.json"  # every format carries one: it identifies a folder only when nothing else does
 
 
@@ -59,13 +67,6 @@ def register_format(name: str, manifest: str, weights: tuple[str, ...], load: Ca
     FORMATS[name] = ModelFormat(name, manifest, weights, load)
 
 
-def _load_hf(folder: Path) -> Any:
-    from lmforge.modeling.checks import load_model
-
-    # safetensors only, and a truncated file or a non-finite weight named with the stage that writes it
-    return load_model(folder)
-
-
 def _load_quantized(folder: Path, threads: int | None = None) -> Any:
     from lmforge.compression.quantize import load_quantized
 
@@ -78,10 +79,31 @@ def _load_lowrank(folder: Path) -> Any:
     return load_lowrank(folder)
 
 
-register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), _load_hf)
-register_format("quantized", "quantization.json", ("model_int8.safetensors", "model.onnx", "model.safetensors"),
+register_format("hf", GENERIC_MANIFEST, ("model.safetensors", "model-*-of-*.safetensors"), load_hf)
+register_format("quantized", QUANTIZED_MANIFEST, ("model_int8.safetensors", "model.onnx", "model.safetensors"),
                 _load_quantized)
 register_format("lowrank", "lowrank.json", ("model_lowrank.safetensors",), _load_lowrank)
+
+
+def weights_bytes(path: str | Path) -> int:
+    """Bytes of a model folder's weights: safetensors or model.onnx (not the task-only task.onnx)."""
+    files = [p for p in Path(path).rglob("*") if p.is_file()
+             and (p.suffix == ".safetensors" or p.name == "model.onnx")]
+    return sum(p.stat().st_size for p in files)
+
+
+def method_of(path: str | Path) -> str:
+    """The method named by a quantized folder's manifest; DataError naming the file if unreadable."""
+    manifest_path = Path(path) / QUANTIZED_MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: missing; {path} is not a quantized model folder of lmforge")
+    try:
+        method = read_json(manifest_path).get("method")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{manifest_path}: not a JSON object: {exc}") from exc
+    if method not in QUANTIZED_METHODS:
+        raise DataError(f"{manifest_path}: method {method!r}, expected one of {', '.join(QUANTIZED_METHODS)}")
+    return method
 
 
 def detect_format(folder: str | Path) -> ModelFormat:
@@ -154,18 +176,15 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int | None:
-        return self.config.get("n_positions") or self.config.get("max_position_embeddings")
+        return context_length(self.config)
 
     def classify(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
                  progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
         """Label and probability of each text, exactly as preprocess encoded the examples the model was trained
-        and evaluated on (lmforge.data.preprocess.encode_prompts, the one encoder of the task): cleaned text +
+        and evaluated on (lmforge.data.examples.encode_prompts, the one encoder of the task): cleaned text +
         prompt; a text too long for max_prompt_tokens keeps its end, inside an encoder's [CLS] ... [SEP]
         (BERT's pooler reads [CLS]); then the most likely label word at the next position, or the classifier's
         label. The probability is renormalised over the labels; `truncated` says whether the text was cut."""
-        from lmforge.data.cleaning import clean_text
-        from lmforge.data.preprocess import encode_prompts
-
         task = self.require_task()
         prompts, truncated = encode_prompts([clean_text(t) for t in texts], self.tokenizer, task["prompt"],
                                             task["max_prompt_tokens"] + 1)
@@ -183,8 +202,6 @@ class LoadedModel:
                  seed: int = 0) -> str:
         """Sample a continuation of `prompt` (temperature 0: greedy), one full forward per token so that
         every format, not only `transformers` models, generates the same way."""
-        from lmforge.modeling.family import kind_of
-
         if kind_of(self.config) != "causal":
             raise ModelFolderError(f"{self.folder}: a {kind_of(self.config)} model "
                                    f"({', '.join(self.config.get('architectures') or ['?'])}) does not generate "
@@ -217,19 +234,23 @@ class LoadedModel:
         return self.task
 
 
-def load_weights(folder: str | Path, threads: int | None = None) -> Any:
-    """Only the model of a folder in any registered format (what evaluate measures), in eval mode; `threads`:
-    the intra-op threads of a runtime that fixes them when it loads (ONNX Runtime)."""
+def load_model(folder: str | Path, *, threads: int | None = None, model_class: type | None = None) -> Any:
+    """The model of a folder of the chain in any registered format, in eval mode: the one loader every stage,
+    evaluate and the CLI use. `threads`: the intra-op threads of a runtime that fixes them when it loads (ONNX
+    Runtime); `model_class`: load an hf folder as that class (a bare encoder with an objective's heads)."""
     folder = Path(folder)
     fmt = detect_format(folder)
-    model = fmt.load(folder, threads=threads) if fmt.name == "quantized" else fmt.load(folder)
+    if model_class is not None:
+        if fmt.name != "hf":
+            raise ModelFolderError(f"{folder}: a {fmt.name} model folder, which loads only as itself")
+        model = fmt.load(folder, model_class=model_class)
+    else:
+        model = fmt.load(folder, threads=threads) if fmt.name == "quantized" else fmt.load(folder)
     return model.eval() if hasattr(model, "eval") else model  # an ONNX session has no train/eval modes
 
 
-def load_model(folder: str | Path) -> LoadedModel:
-    """The model of a folder in any registered format, in eval mode, with its tokenizer and task."""
-    from transformers import AutoTokenizer
-
+def open_model(folder: str | Path) -> LoadedModel:
+    """The model of a folder in any registered format, in eval mode, with its tokenizer and task (`lmforge`)."""
     folder = Path(folder)
     fmt = detect_format(folder)
     try:
@@ -239,4 +260,4 @@ def load_model(folder: str | Path) -> LoadedModel:
                                f"{rerun_hint(folder)}") from exc
     config = read_json(folder / GENERIC_MANIFEST) if (folder / GENERIC_MANIFEST).is_file() else {}
     task = read_json(folder / TASK_FILE) if (folder / TASK_FILE).is_file() else None
-    return LoadedModel(folder, fmt, load_weights(folder), tokenizer, config, task)
+    return LoadedModel(folder, fmt, load_model(folder), tokenizer, config, task)

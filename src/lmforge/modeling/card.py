@@ -1,7 +1,7 @@
 """What makes a model folder usable without the repository: its task and a model card.
 
-Every stage that saves a model calls `write_bundle` on the folder before it is renamed into place,
-so a model folder of the chain always holds, next to its weights and tokenizer:
+Every stage saves a model through `save_folder`, which calls `write_bundle` on the folder before it is
+renamed into place, so a model folder of the chain always holds, next to its weights and tokenizer:
 
     task_meta.json   the task: prompt, label words, label token ids, block_size and max_prompt_tokens
                      (what `lmforge predict` needs to turn a review into the prompt the model was trained on)
@@ -17,15 +17,18 @@ adds evaluate's test metrics when the folder sits in a repository with metrics/e
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lmforge import paths
-from lmforge.artifacts import read_json, write_json, write_text
+from lmforge.artifacts import atomic_dir, read_json, write_json, write_text
 from lmforge.config import PARAMS_FILE, load_params
+from lmforge.locks import is_main_process
 
 TASK_FILE = "task_meta.json"
 CARD_FILE = "README.md"
@@ -175,3 +178,21 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def save_folder(output: Path, stage: str, write: Callable[[Path], object], *, tokenizer: Any = None,
+                metrics: dict[str, Any] | None = None, source: Path | None = None) -> None:
+    """Write the model folder `output` of `stage` atomically, the one saver of every stage and format:
+    `write(folder)` puts the weights (and any manifest) in a temporary folder, then the tokenizer,
+    task_meta.json and the model card (with `metrics`) are added, and the folder replaces `output` whole. A
+    distributed run's main process writes it (under FSDP, lmforge.training.runner.model_writer has gathered the
+    weights on every rank first)."""
+    if not is_main_process():
+        return
+    with atomic_dir(output) as folder:
+        write(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        write_bundle(folder, stage, metrics=metrics, source=source)
+    logging.getLogger("lmforge").info("%s: saved %s", stage, output)
+

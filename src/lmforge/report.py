@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 
 from lmforge import paths
 from lmforge.artifacts import atomic_file, write_json, write_text
-from lmforge.stage import finite_metrics, write_metrics
+from lmforge.evaluation.gate import shortfalls
+from lmforge.stage import write_metrics
 
 EVALUATE_JSON = paths.METRICS / "evaluate.json"
 HEADLINE_JSON = paths.METRICS / "headline.json"
@@ -31,7 +32,6 @@ MB = 1e6
 NOISE = 0.10  # latency differences below 10% are within run-to-run noise on a shared CPU
 SPREAD_WARNING = 1.5  # p90 / p50 above this: the timings were disturbed
 REFERENCE = "teacher"  # the gate is relative to it
-DEFAULT_GATE = {"max_accuracy_drop": 0.02, "max_ppl_ratio": None}  # results of an evaluate without evaluate.gate
 
 
 def with_task(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -52,18 +52,13 @@ def pareto_front(models: dict[str, dict[str, Any]], cost: str) -> list[str]:
 
 
 def gate_failures(row: dict[str, Any], ref: dict[str, Any], gate: dict[str, Any]) -> list[str]:
-    """Why `row` is not as good as the reference under `gate` (empty: it passes)."""
+    """Why `row` is not as good as the reference under `gate` (empty: it passes), by the stages' own rule."""
     failures = []
-    if gate.get("max_accuracy_drop") is not None:  # null: not checked, as in the stages' gates
-        floor = ref["accuracy"] - gate["max_accuracy_drop"]
-        if row["accuracy"] < floor - 1e-9:
-            failures.append(f"accuracy {row['accuracy']:.3f} < {floor:.3f}")
-    if gate.get("max_ppl_ratio") is not None:
-        for key in ("ppl_general", "ppl_domain"):
-            if ref[key] is None or row[key] is None:  # a classifier: no LM head, no perplexity
-                continue
-            if row[key] > gate["max_ppl_ratio"] * ref[key] + 1e-9:
-                failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
+    for key in shortfalls(row, ref, gate.get("max_accuracy_drop"), gate.get("max_ppl_ratio")):
+        if key == "accuracy":
+            failures.append(f"accuracy {row['accuracy']:.3f} < {ref['accuracy'] - gate['max_accuracy_drop']:.3f}")
+        else:
+            failures.append(f"{key} {row[key]:.2f} > {gate['max_ppl_ratio']:g}x the {REFERENCE}'s")
     return failures
 
 
@@ -107,10 +102,10 @@ def write_report(results: dict[str, Any]) -> None:
     models = results["models"]
     results["pareto"] = {"size": pareto_front(models, "bytes_on_disk"),
                          "latency": pareto_front(models, "latency_p50_ms")}
-    results["recommendation"] = recommend(models, results.get("gate") or DEFAULT_GATE)
+    results["recommendation"] = recommend(models, results["gate"])
     write_metrics(EVALUATE_JSON, results)
     write_metrics(HEADLINE_JSON, headline(results))
-    write_json(PARETO_JSON, finite_metrics(pareto_records(results))[0])
+    write_json(PARETO_JSON, pareto_records(results))  # a diverged model's NaN: null
     write_text(SUMMARY_MD, summary_markdown(results))
     plot_pareto(results, PARETO_PNG)
 

@@ -3,7 +3,7 @@
 Each set is read through the same loader as data.task (lmforge.data.sources), cleaned the same way
 (lmforge.data.cleaning), checked against every document of every corpus and split that preprocess kept
 (data/processed/text_digests.npy, compared on normalised words), and asked as the task examples are
-(review + prompt, lmforge.data.preprocess.encode_prompts). Texts the models have seen are dropped and
+(review + prompt, lmforge.data.examples.encode_prompts). Texts the models have seen are dropped and
 counted, never silently kept; a set that is mostly such texts is no external test and stops the stage.
 All of it happens before any model is loaded, so a bad set costs seconds.
 """
@@ -22,7 +22,7 @@ from lmforge import paths
 from lmforge.config import ExternalSetConfig
 from lmforge.data import sources
 from lmforge.data.cleaning import DocumentFilter, overlap_key
-from lmforge.data.preprocess import encode_prompts
+from lmforge.data.examples import encode_prompts
 from lmforge.errors import ConfigError, DataError, missing_input
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Training examples from data/processed: LM blocks, task examples, and the multi-task mixture.
+"""The one reader of data/processed: tokenizer, task meta, LM blocks, task examples and prompts, the multi-task
+mixture, the validation data of the gates.
 
 An example is `{"input_ids"}` (an LM block: every token is a target) or `{"input_ids", "labels"}`
 (a task example: only the label word is a target, a completion-only loss).
@@ -15,15 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lmforge import paths
 from lmforge.artifacts import read_json
 from lmforge.config import MixtureConfig
+from lmforge.data.examples import IGNORE_INDEX
 from lmforge.errors import DataError, require
-from lmforge.modeling.family import is_encoder
-from lmforge.training.losses import IGNORE_INDEX
-from lmforge.training.objectives import TokenMasker
 
 
 def load_tokenizer(path: Path = paths.TOKENIZER) -> PreTrainedTokenizerBase:
@@ -76,6 +75,37 @@ def task_prompts(split: str, limit: int | None = None) -> tuple[list[list[int]],
     return list(examples["prompt_ids"]), list(examples["label"])
 
 
+@dataclass
+class ValidationData:
+    """What a compression stage checks its model and the teacher on (lmforge.evaluation.metrics.measure)."""
+
+    general: list[list[int]]
+    domain: list[list[int]]
+    prompts: list[list[int]]
+    labels: list[int]
+    label_token_ids: list[int]
+
+
+def validation_data(limit: int) -> ValidationData:
+    """At most `limit` validation blocks of each corpus and `limit` validation task examples."""
+    prompts, labels = task_prompts("validation", limit)
+    return ValidationData(
+        general=list(lm_examples(paths.LM_GENERAL, "validation", limit)["input_ids"]),
+        domain=list(lm_examples(paths.LM_DOMAIN, "validation", limit)["input_ids"]),
+        prompts=prompts, labels=labels, label_token_ids=task_meta()["label_token_ids"])
+
+
+def calibration_blocks(samples: int, seed: int) -> torch.Tensor:
+    """`samples` LM blocks of the train split, half general and half domain text, in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for path, count in ((paths.LM_GENERAL, samples - samples // 2), (paths.LM_DOMAIN, samples // 2)):
+        blocks = lm_examples(path, "train")
+        order = torch.randperm(len(blocks), generator=generator)[:count].tolist()
+        parts += [blocks[i]["input_ids"] for i in order]
+    return torch.tensor(parts, dtype=torch.long)
+
+
 def mixture_train_set(mixture: MixtureConfig, num_examples: int, seed: int, head: str = "lm") -> Dataset:
     """`num_examples` training examples drawn from domain blocks, task examples and general blocks
     with probabilities proportional to the mixture weights; each source is cycled through in a
@@ -117,47 +147,3 @@ def eval_sets(limit: int, *, with_task: bool, head: str = "lm", with_lm: bool = 
     if with_task:
         sets["task"] = task_examples("validation", task_meta()["label_token_ids"], limit, head=head)
     return sets
-
-
-@dataclass
-class PadCollator:
-    """Right-pads a batch of variable-length examples; padding is masked out of attention and loss.
-
-    An example without `labels` is an LM block: its labels are its inputs. With a `masker` (encoders), every
-    row with token targets is masked for MLM (its targets become the chosen tokens). Optional columns pass
-    through as tensors: `class_label` (as `class_labels`; -100 on LM blocks), `token_type_ids` and
-    `next_sentence_label` (NSP pairs)."""
-
-    pad_token_id: int
-    masker: TokenMasker | None = None
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), length), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            input_ids[row, :n] = torch.tensor(f["input_ids"])
-            labels[row, :n] = torch.tensor(f.get("labels", f["input_ids"]))
-            attention_mask[row, :n] = 1
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        if self.masker is not None:
-            rows = (labels != IGNORE_INDEX).any(-1)
-            if rows.any():
-                masked, targets = self.masker(input_ids[rows], attention_mask[rows])
-                input_ids[rows], labels[rows] = masked, targets
-        if "token_type_ids" in features[0]:
-            batch["token_type_ids"] = torch.zeros_like(input_ids)
-            for row, f in enumerate(features):
-                batch["token_type_ids"][row, : len(f["token_type_ids"])] = torch.tensor(f["token_type_ids"])
-        for key, name in (("class_label", "class_labels"), ("next_sentence_label", "next_sentence_label")):
-            if key in features[0]:
-                batch[name] = torch.tensor([f[key] for f in features], dtype=torch.long)
-        return batch
-
-
-def collator_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int | None = None) -> PadCollator:
-    """Masking for an encoder's LM blocks, plain padding for a causal model's."""
-    masker = TokenMasker(tokenizer, seed=seed) if is_encoder(model.config.model_type) else None
-    return PadCollator(tokenizer.pad_token_id, masker)
