@@ -2,7 +2,7 @@
 training, compression and evaluation, and no package import cycle. The graph is derived with `ast` from every
 import of src/lmforge and stages/, at module level and inside functions alike.
 
-    core      paths errors artifacts hardware
+    core      paths errors artifacts hardware locks quiet
     config    config compose
     model     data.*  modeling.*         (the two may import each other's modules, without a cycle)
     method    training.*  compression.*  evaluation.*   (none imports another of the three)
@@ -39,7 +39,7 @@ def layer_of(module: str) -> tuple[str, str]:
         return "recipes", "stages"
     parts = module.split(".")
     top = parts[1] if len(parts) > 1 else ""
-    if top in ("", "paths", "errors", "artifacts", "hardware"):
+    if top in ("", "paths", "errors", "artifacts", "hardware", "locks", "quiet"):
         return "core", top or "lmforge"
     if top in ("config", "compose"):
         return "config", top
