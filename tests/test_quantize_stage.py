@@ -207,7 +207,7 @@ def test_a_low_rank_pruned_model_is_quantized(workdir, method):
     lowrank.save_lowrank(model, source, manifest={"method": ["lowrank"], "activation_aware": False})
     tiny_tokenizer().save_pretrained(source)
 
-    metrics_ = run_stage(f"quantize={method}")
+    metrics_ = quantize_here(f"quantize={method}")
     assert metrics_["method"] == method and metrics_["coverage"] >= 0.95
     assert abs(metrics_["val_loss_delta"]) < 0.05
     quantized = load_quantized(paths.model_dir("quantized"), threads=1)

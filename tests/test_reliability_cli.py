@@ -72,7 +72,7 @@ def test_a_full_or_read_only_disk_during_a_model_save_is_one_line_and_keeps_the_
     from transformers import GPT2LMHeadModel
 
     from lmforge import stage
-    from lmforge.training.runner import save_model
+    from lmforge.training.runner import model_writer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stages/prune.py"])
@@ -89,7 +89,7 @@ def test_a_full_or_read_only_disk_during_a_model_save_is_one_line_and_keeps_the_
 
     monkeypatch.setattr(model, "save_pretrained", fail)
     with pytest.raises(SystemExit) as exit_:
-        stage.run(lambda: save_model(model, tokenizer, Path("models/pruned"), "prune", {}))
+        stage.run(lambda: stage.save(Path("models/pruned"), "prune", model_writer(model, "prune"), tokenizer=tokenizer))
     assert exit_.value.code == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert line.startswith("error: cannot write models/pruned: ") and cause in line
@@ -168,8 +168,8 @@ class RecordingClassifier(torch.nn.Module):
 def minilm_classifier():
     from transformers import AutoTokenizer
 
-    from lmforge.modeling.pretrained import resolve_folder
     from lmforge.modeling.io import FORMATS, LoadedModel
+    from lmforge.modeling.pretrained import resolve_folder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_folder(MINILM))
     task = {"prompt": " overall it was", "label_words": [" bad", " good"],
