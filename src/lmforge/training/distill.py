@@ -136,8 +136,9 @@ def check_logits_from_hidden(model: PreTrainedModel) -> None:
     """The chunked KD loss makes the teacher's logits as output_embeddings(base_model(x)): true of GPT-2 and
     Llama-family models, not of a model that scales or caps its logits after the head; refuse those."""
     ids = torch.arange(4, device=model.device).unsqueeze(0) % model.config.vocab_size
-    logits = model(input_ids=ids).logits
-    rebuilt = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state)
+    mask = torch.ones_like(ids)  # unpadded: said, so that transformers does not warn that it may be padded
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    rebuilt = model.get_output_embeddings()(model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state)
     # 1% of the logits' scale: a compiled or bf16 forward differs by ~0.3%; a scaled or capped head far more
     tolerance = 1e-2 * max(1.0, logits.float().abs().max().item())
     if (logits.float() - rebuilt.float()).abs().max().item() > tolerance:
