@@ -53,3 +53,17 @@ def test_the_model_card_carries_no_run_dependent_number(tmp_path):
     assert len(cards) == 1
     kept = card_metrics(first)
     assert kept == {"steps": 6, "train_loss": 5.1, "eval_general_perplexity": 160.2}
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_of_distill_keeps_the_student_folder_byte_for_byte(tiny_run_copy):
+    """distill's card carries the KD / CE loss terms of the last log; a rerun that resumes the complete run
+    reads them back from the checkpoint's log, in another order: the card must not change with it."""
+    repo, env, _ = tiny_run_copy
+    before = outs_of(repo, "distill")
+    card = (repo / "models/student/README.md").read_bytes()
+    output = run(["dvc", "repro", "--force", "--single-item", "distill"], repo, env)
+    assert "Running stage 'distill'" in output and "nothing to train" in output
+    assert (repo / "models/student/README.md").read_bytes() == card
+    after = outs_of(repo, "distill")
+    assert after["models/student"] == before["models/student"]

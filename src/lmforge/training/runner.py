@@ -457,7 +457,9 @@ def fit(
         train_loss = whole_run_loss(trainer.state)
         # the terms a trainer logs beside the loss (distill: kd_loss, ce_loss, hidden_loss), at the last log
         terms = next((e for e in reversed(trainer.state.log_history) if "loss" in e and "step" in e), {})
-        terms = {k: v for k, v in terms.items() if k.endswith("_loss")}
+        # sorted: a rerun that resumes the complete run reads them from the checkpoint's log in another order,
+        # and the model card, a DVC output, must be the same bytes
+        terms = {k: terms[k] for k in sorted(terms) if k.endswith("_loss")}
         metrics: dict[str, Any] = {
             "steps": trainer.state.global_step,
             "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
