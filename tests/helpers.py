@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -64,3 +65,11 @@ def library_noise(stderr: str) -> list[str]:
     A clean log has none (lmforge.quiet silences the known ones where lmforge calls the library)."""
     noise = re.compile(r"\w+Warning: |^W\d{4} |^\[transformers\]|\sWARNING (?!lmforge)")
     return [line for line in stderr.splitlines() if noise.search(line)]
+
+
+def free_port() -> int:
+    """A TCP port free now, for one launcher's rendezvous: torchrun and accelerate both default to 29500, so two
+    launches on two test workers at once would collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dvc_repo import curve_steps, make_repo, read, run
+from helpers import free_port
 
 TORCHRUN = "torchrun --nproc_per_node=2"
 OVERRIDES = ["profile=tiny", f"launcher='{TORCHRUN}'", "pretrain.max_steps=30", "pretrain.learning_rate=0.005",
@@ -31,7 +32,7 @@ def runs(tmp_path_factory) -> dict:
     commands = run([sys.executable, "-c", "import json; from dvc.repo import Repo; "
                     "print(json.dumps({s.name: s.cmd for s in Repo('.').index.stages}))"], repo, env)
     out = {"repo": repo, "commands": json.loads(commands.strip().splitlines()[-1])}
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2"]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}"]
     for launcher, name in [(torchrun, "ddp"), ([sys.executable], "single")]:
         out[name] = {}
         for stage in ["pretrain", "finetune", "distill"]:

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 from dvc_repo import make_repo, read, run
+from helpers import free_port
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-              "conf/accelerate/fsdp.yaml", "--num_processes", "2"]
+              "conf/accelerate/fsdp.yaml", "--num_processes", "2", "--main_process_port", str(free_port())]
 FSDP = [*ACCELERATE, "tests/fsdp_cpu.py"]
 SINGLE = [sys.executable]
 OUTPUT = {"pretrain": "general", "finetune": "teacher", "distill": "student", "prune": "pruned"}
@@ -55,6 +56,8 @@ def runs(tmp_path_factory) -> dict:
     out: dict = {"repo": repo}
     for name in ["pretrain", "distill", "prune"]:
         out[("gpt2", name, "fsdp")] = stage(repo, env, name, FSDP, "fsdp")
+        if name == "pretrain":  # the same stage again: its checkpoint is complete, nothing is trained
+            out["rerun"] = stage(repo, env, name, FSDP, "fsdp-rerun")
         out[("gpt2", name, "single")] = stage(repo, env, name, SINGLE, "single")
         if name == "pretrain":  # one teacher for both distillations, one student for both prunings
             run([sys.executable, "stages/finetune.py"], repo, env)
@@ -126,3 +129,10 @@ def test_an_fsdp_launch_that_accelerate_would_not_shard_is_refused(runs):
     returncode, output = runs["refused"]
     assert returncode != 0
     assert "accelerate enables FSDP on GPUs only" in output
+
+
+def test_an_fsdp_rerun_of_a_complete_run_trains_nothing_and_saves_the_same_model(runs):
+    first, rerun = runs[("gpt2", "pretrain", "fsdp")], runs["rerun"]
+    assert "is the last step of this very run: nothing to train" in rerun["log"]
+    assert rerun["metrics"]["steps"] == first["metrics"]["steps"]
+    assert (rerun["model"] / "model.safetensors").read_bytes() == (first["model"] / "model.safetensors").read_bytes()

@@ -34,6 +34,19 @@ def _params_digest() -> str | None:
 LOCKED_IN_RUN = ("base", "preprocess", "quantize", "evaluate")
 
 
+def _close_process_group() -> None:
+    """End a launcher run (torchrun / accelerate launch) cleanly: every rank waits for the others, then the
+    process group is destroyed before the interpreter exits. Left to interpreter teardown, gloo's worker threads
+    can outlive the group and a rank aborts ("terminate called without an active exception", SIGABRT) after its
+    work is done, which fails the launch. Only after a successful `main`: on an error the other ranks may never
+    reach the barrier. torch is imported by every training stage already; a stage that never loaded
+    torch.distributed has no group to close."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run(main: Callable[[], object]) -> None:
     """Run a stage's `main`; a user error prints one clear line and exits with status 2.
 
@@ -60,6 +73,7 @@ def run(main: Callable[[], object]) -> None:
         with guard_replacements(params_unchanged):
             main()
             params_unchanged()
+        _close_process_group()
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -367,6 +367,15 @@ def model_writer(model: PreTrainedModel, stage: str,
     return lambda folder: model.save_pretrained(folder, state_dict=state_dict)
 
 
+def prepare_fsdp_like_train(trainer: Trainer, max_steps: int) -> None:
+    """Shard the model as `Trainer.train` does under FSDP (model and optimizer through one `accelerator.prepare`),
+    so a complete run's checkpoint can be loaded and evaluated without training a step: accelerate's FSDP2 refuses
+    to prepare the model alone (what `evaluate()` would do), and `train()` resumed at the last step trains one more."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=max_steps)
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model = trainer.model_wrapped = model
+
+
 def fit(
     stage: str,
     model: PreTrainedModel,
@@ -428,7 +437,10 @@ def fit(
         if complete:
             log.info("%s: %s is the last step of this very run: nothing to train", stage, resume_from)
             with quiet.third_party():
-                trainer._load_from_checkpoint(resume_from)  # the Trainer's own resume path, weights only
+                if trainer.is_fsdp_enabled:  # shard first, as train() does: FSDP2 prepares model and optimizer
+                    prepare_fsdp_like_train(trainer, cfg.max_steps)  # together, never the model alone
+                trainer._load_from_checkpoint(resume_from, trainer.model_wrapped if trainer.is_fsdp_enabled
+                                              else None)  # the Trainer's own resume path, weights only
             trainer.state = resumed_state
             seconds, runtime_this_process = seconds_before, 0.0
         else:
