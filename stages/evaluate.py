@@ -15,11 +15,13 @@ import dataclasses
 import logging
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from lmforge import hardware, paths, stage
 from lmforge.artifacts import read_json
 from lmforge.config import Params
 from lmforge.data.external import load_external_sets
-from lmforge.data.processed import load_tokenizer
+from lmforge.data.processed import encode_for, load_tokenizer, own_tokenizer, retokenize_blocks
 from lmforge.evaluation.evaluate import (
     add_relative,
     baselines,
@@ -53,7 +55,7 @@ def main(params: Params) -> dict[str, Any]:
     domain = list(test_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
     task = test_split(paths.TASK)
     task = task.select(range(min(cfg.max_task_examples, len(task))))
-    prompts, labels = list(task["prompt_ids"]), list(task["label"])
+    labels = list(task["label"])
     task_meta = read_json(paths.TASK_META)
     label_token_ids = task_meta["label_token_ids"]
     task_baselines = baselines()
@@ -71,9 +73,12 @@ def main(params: Params) -> dict[str, Any]:
         model = load_model(paths.model_dir(name), threads=cfg.threads)  # in its own format and runtime
         # the quantized model runs in its own dtype and runtime: its row names the method
         precision = quantized_method(name) or env["precision"]["precision"]
+        # the same test items for every model, each read in the model's own tokenizer (a student of another
+        # family has its own; the teacher's family reads the stored ids)
+        inputs = in_own_tokenizer(name, task, general, domain, external)
         with hardware.autocast(precision):
-            results[name] = measure_model(name, model, cfg, general, domain, prompts, labels, label_token_ids,
-                                          seed, external)
+            results[name] = measure_model(name, model, cfg, inputs["general"], inputs["domain"], inputs["prompts"],
+                                          labels, label_token_ids, seed, inputs["external"])
         results[name]["precision"] = precision
         row = results[name]
         if row["accuracy"] is not None:  # an encoder without a task head logged its own line
@@ -96,6 +101,21 @@ def main(params: Params) -> dict[str, Any]:
     }
     write_report(metrics)
     return metrics
+
+
+def in_own_tokenizer(name: str, task, general: list, domain: list, external: list) -> dict[str, Any]:
+    """The test inputs as model `name` reads them: the stored token ids when its folder's tokenizer is
+    data/processed's (or it has none: the base manifest), else the same texts and blocks encoded again."""
+    prompts = list(task["prompt_ids"])
+    folder = paths.model_dir(name)
+    own = own_tokenizer(AutoTokenizer.from_pretrained(folder)) if (folder / "tokenizer_config.json").is_file() \
+        else None
+    if own is None:
+        return {"prompts": prompts, "general": general, "domain": domain, "external": external}
+    log.info("evaluate %s: its own tokenizer (%s): the test texts encoded again", name, type(own).__name__)
+    return {"prompts": encode_for(own, list(task["text"])), "general": retokenize_blocks(general, own),
+            "domain": retokenize_blocks(domain, own),
+            "external": [dataclasses.replace(s, prompts=encode_for(own, s.texts)) for s in external]}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterable
 from typing import Any
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from lmforge import paths, stage
 from lmforge.artifacts import atomic_dir, write_json
@@ -115,6 +115,8 @@ def main(params: Params) -> dict[str, Any]:
 
         task_sets, metrics["task"] = task_examples(splits["task"], labels, tokenizer, cfg)
         task_sets.save_to_disk(out / paths.TASK.name)
+        # the unlabelled in-domain documents as text: the transfer set reads them with any model's tokenizer
+        Dataset.from_dict({"text": list(splits["domain"]["train"])}).save_to_disk(out / paths.DOMAIN_TEXT.name)
         write_json(out / paths.TASK_META.name, {"prompt": cfg.prompt, "label_words": cfg.label_words,
                                                 "label_token_ids": label_token_ids,
                                                 "block_size": cfg.block_size})

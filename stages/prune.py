@@ -1,4 +1,5 @@
-"""Prune the student with the configured method(s), recover with KD from the teacher, gate, save.
+"""Prune the student with the configured method(s), recover with KD from the teacher (its cached outputs with
+prune.recovery.data=transfer), gate, save.
 
     dvc repro prune            # or, from the repository root: python stages/prune.py
     dvc exp run -S prune=wanda        # or prune=lowrank, prune=structured_lowrank (conf/prune/)
@@ -13,6 +14,7 @@ from typing import Any
 
 from lmforge import paths, stage
 from lmforge.config import Params, RecoveryConfig
+from lmforge.errors import require
 
 PARAMS = ("seed", "prune")
 
@@ -20,6 +22,8 @@ PARAMS = ("seed", "prune")
 def main(params: Params) -> dict[str, Any]:
     # imported once stage.run has validated the parameters: importing torch and transformers takes seconds,
     # and a bad parameter should fail at once
+    from transformers import AutoTokenizer
+
     from lmforge.artifacts import dir_bytes
     from lmforge.compression import lowrank, methods
     from lmforge.compression.prune import make_permanent
@@ -35,17 +39,22 @@ def main(params: Params) -> dict[str, Any]:
     output = paths.model_dir("pruned")
 
     # load, and refuse a configuration this model cannot take before any work
-    tokenizer = data.load_tokenizer()
     model = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    tokenizer = AutoTokenizer.from_pretrained(source)  # the student's own (another family's, with init=pretrained)
+    own = data.own_tokenizer(tokenizer)  # None: the teacher's, the stored token ids serve
     teacher = load_hf(teacher_dir)
     methods.check(cfg, model)
-    val = data.validation_data(cfg.validation_examples)
+    cached = cfg.recovery.data == "transfer"
+    if cached and cfg.recovery.max_steps > 0:
+        require(paths.TRANSFER / "examples")
+    val = data.validation_data(cfg.validation_examples, own)  # each model reads the task in its own tokenizer
     metrics: dict[str, Any] = {"method": cfg.method, "before": _describe(model),
-                               "validation": {"teacher": measures.measure(teacher, val),
+                               "validation": {"teacher": measures.measure(teacher,
+                                                                          data.validation_data(cfg.validation_examples)),
                                               "student": measures.measure(model, val)}}
 
     # calibrate and apply the method(s), in order
-    blocks = data.calibration_blocks(cfg.calibration.samples, seed)
+    blocks = data.calibration_blocks(cfg.calibration.samples, seed, own)
     model, metrics["methods"] = methods.apply(model, cfg, blocks)
     metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())}
     metrics["validation"]["pruned"] = measures.measure(model, val)
@@ -53,13 +62,20 @@ def main(params: Params) -> dict[str, Any]:
     # recover: a short KD run from the teacher; masks, sliced shapes and factors stay as they are
     recovery: RecoveryConfig = cfg.recovery  # a training run composed from conf/train/base.yaml
     if recovery.max_steps > 0:
-        head = head_of(teacher)  # as distill: the teacher's
-        train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed,
-                                           head=head)
-        eval_sets = data.eval_sets(cfg.validation_examples, with_task=True, head=head, with_lm=head == "lm")
-        run_id = fingerprint({"seed": seed, "prune": cfg}, [source, teacher_dir, paths.PROCESSED])
+        head = head_of(model)  # as distill: the teacher's (a pretrained student's: a classifier, as the teacher's)
+        if cached:  # the transfer set with the teacher's cached outputs: the teacher does not run
+            train_set = data.transfer_train_set(tokenizer)
+        else:
+            train_set = data.mixture_train_set(recovery.mixture, recovery.max_steps * recovery.batch_size, seed,
+                                               head=head)
+        eval_sets = data.eval_sets(cfg.validation_examples, with_task=True, head=head, with_lm=head == "lm",
+                                   tokenizer=own)
+        inputs = [source, teacher_dir, paths.PROCESSED] + ([paths.TRANSFER / "examples"] if cached else [])
+        run_id = fingerprint({"seed": seed, "prune": cfg}, inputs)
         metrics["recovery"] = fit("prune", model, tokenizer, train_set, eval_sets, recovery.train_config(), seed,
-                                  run_id, None, trainer_cls=DistillationTrainer, teacher=teacher, kd=recovery.kd)
+                                  run_id, None, trainer_cls=DistillationTrainer, teacher=None if cached else teacher,
+                                  kd=recovery.kd, label_token_ids=data.task_meta()["label_token_ids"])
+        metrics["recovery"]["data"] = recovery.data
     make_permanent(model)  # masks folded into plain weights (a no-op without masks)
     recovered = metrics["validation"]["recovered"] = measures.measure(model, val)
 

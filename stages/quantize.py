@@ -48,11 +48,14 @@ def main(params: Params) -> dict[str, Any]:
 
     # load inputs: the model, the validation data of the checks (and training blocks for static calibration)
     model = load_model(source)  # any format (a low-rank pruned model too); a truncated or non-finite one stops here
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    own = data.own_tokenizer(tokenizer)  # a student of another family reads the task in its own tokenizer
     val = {"blocks": list(data.lm_examples(paths.LM_DOMAIN, "validation", cfg.check_max_blocks)["input_ids"]),
            "calibration": list(data.lm_examples(paths.LM_DOMAIN, "train", cfg.calibration_blocks)["input_ids"]),
            "label_ids": data.task_meta()["label_token_ids"]}
-    val["prompts"], val["labels"] = data.task_prompts("validation", cfg.check_max_examples)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    if own is not None:
+        val["blocks"], val["calibration"] = (data.retokenize_blocks(val[k], own) for k in ("blocks", "calibration"))
+    val["prompts"], val["labels"] = data.task_prompts("validation", cfg.check_max_examples, own)
     before = check(model, val)
 
     # quantize into a work folder beside models/quantized, which it replaces only once every check passed
@@ -72,9 +75,9 @@ def main(params: Params) -> dict[str, Any]:
 
         # gate against the teacher, before the new model replaces the old one
         def measure() -> tuple[dict, dict]:
-            gate_val = data.validation_data(cfg.check_max_examples)
             teacher = load_model(paths.model_dir("teacher"))
-            return metrics.measure(quantized, gate_val), metrics.measure(teacher, gate_val)
+            return (metrics.measure(quantized, data.validation_data(cfg.check_max_examples, own)),
+                    metrics.measure(teacher, data.validation_data(cfg.check_max_examples)))
 
         gate_result = stage.gate("quantize", cfg.gate, target, measure)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from dvc_repo import make_repo, run, stages_run
 
-STAGES = ["validate", "base", "preprocess", "pretrain", "finetune", "distill", "prune", "quantize", "evaluate"]
+STAGES = ["validate", "base", "preprocess", "pretrain", "finetune", "transfer", "distill", "prune", "quantize",
+          "evaluate"]
 
 pytestmark = pytest.mark.slow
 

@@ -148,8 +148,9 @@ def tiny_llama(tie: bool) -> tuple[LlamaForCausalLM, ModelConfig]:
 @pytest.mark.parametrize("tie", [True, False])
 def test_llama_student_has_fewer_layers_copied_from_the_teacher(tie):
     teacher, cfg = tiny_llama(tie)
-    student = build_student(teacher, cfg, StudentConfig(n_layer=2, n_head=None, n_embd=None, init_from_teacher=True,
-                                                        layer_selection="even", calibration_samples=8), seed=0)
+    shape = StudentConfig(n_layer=2, n_head=None, n_embd=None, init="teacher", name_or_path=None,
+                          layer_selection="even", calibration_samples=8)
+    student = build_student(teacher, cfg, shape, seed=0)
     assert isinstance(student, LlamaForCausalLM) and student.config.num_hidden_layers == 2
     for s, t in enumerate([0, 2]):
         for (name, ps), (_, pt) in zip(student.model.layers[s].named_parameters(),
@@ -160,7 +161,7 @@ def test_llama_student_has_fewer_layers_copied_from_the_teacher(tie):
     assert (student.lm_head.weight is student.model.embed_tokens.weight) == tie
     assert non_embedding_parameters(student) < 0.6 * non_embedding_parameters(teacher)
     with pytest.raises(ConfigError, match="keeps the teacher's width"):
-        build_student(teacher, cfg, StudentConfig(n_layer=2, n_head=2, n_embd=16, init_from_teacher=True,
+        build_student(teacher, cfg, StudentConfig(n_layer=2, n_head=2, n_embd=16, init="teacher", name_or_path=None,
                                                   layer_selection="even", calibration_samples=8), seed=0)
 
 

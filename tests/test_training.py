@@ -23,8 +23,8 @@ def teacher_model(seed: int = 0) -> GPT2LMHeadModel:
 
 
 def student_config(n_head: int | None = None, n_embd: int | None = None) -> StudentConfig:
-    return StudentConfig(n_layer=2, n_head=n_head, n_embd=n_embd, init_from_teacher=True, layer_selection="even",
-                         calibration_samples=8)
+    return StudentConfig(n_layer=2, n_head=n_head, n_embd=n_embd, init="teacher", name_or_path=None,
+                         layer_selection="even", calibration_samples=8)
 
 
 def test_model_is_built_from_config_with_the_tokenizer_vocabulary():
@@ -250,3 +250,14 @@ def test_a_narrower_student_is_matched_through_a_projection_that_is_not_saved(tm
     detach_hidden_projection(student)
     assert not any(key.startswith("hidden_projection") for key in student.state_dict())
     assert not attach_hidden_projection(build_student(teacher, TEACHER, student_config(), seed=0), teacher)
+
+
+def test_cached_kd_reads_an_lm_students_label_words_at_the_last_real_position():
+    from lmforge.training.distill import label_logits
+
+    logits = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6)  # (batch, positions, vocabulary)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the first prompt is right-padded
+    picked = label_logits(logits, mask, [5, 1])
+    assert picked.tolist() == [logits[0, 2, [5, 1]].tolist(), logits[1, 3, [5, 1]].tolist()]
+    classifier = torch.randn(2, 3)
+    assert label_logits(classifier, mask, None) is classifier  # a classifier's logits are the labels' already

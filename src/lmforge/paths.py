@@ -6,9 +6,15 @@ data/processed/ (preprocess):
     lm_domain/        same, from the unlabelled reviews
     task/             DatasetDict train/validation/test; columns `text` (str, cleaned review),
                       `label` (int, index into label_words), `prompt_ids` (list[int]: review + prompt)
+    domain_text/      Dataset; column `text`: the domain corpus's train documents, unlabelled (the transfer set's
+                      in-domain text)
     task_meta.json    {"prompt", "label_words", "label_token_ids", "block_size"}
     text_digests.npy  sorted uint64 `overlap_key` of every kept document, every corpus and split: what an
                       external test set is checked against (numpy .npy, read with allow_pickle=False)
+data/transfer/ (transfer):
+    examples/         Dataset; columns `text` (str), `source` (task | domain | augmented), `label` (int; -1 where
+                      the text has none), `teacher_logits` (list[float], one per label: the teacher's output)
+    meta.json         the teacher, the counts per source, the augmentation and the time the teacher took
 models/<name>/        `save_pretrained` folders (safetensors + tokenizer); models/quantized has its own
                       manifest and loader (lmforge.compression.quantize.load_quantized)
 """
@@ -22,6 +28,8 @@ LM_DOMAIN = PROCESSED / "lm_domain"
 TASK = PROCESSED / "task"
 TASK_META = PROCESSED / "task_meta.json"
 TEXT_DIGESTS = PROCESSED / "text_digests.npy"
+DOMAIN_TEXT = PROCESSED / "domain_text"
+TRANSFER = Path("data/transfer")
 
 MODELS = Path("models")
 PARAMS_VALID = MODELS / ".params-valid"  # the validate stage's output, a dependency of every other stage
@@ -37,7 +45,7 @@ def model_dir(name: str) -> Path:
 
 
 # The DVC stage that writes each input of a stage: what "run `dvc repro <stage>`" messages name.
-PRODUCED_BY = {PROCESSED: "preprocess", MODELS / "base": "base", MODELS / "general": "pretrain",
+PRODUCED_BY = {PROCESSED: "preprocess", TRANSFER: "transfer", MODELS / "base": "base", MODELS / "general": "pretrain",
                MODELS / "teacher": "finetune", MODELS / "student": "distill", MODELS / "pruned": "prune",
                MODELS / "quantized": "quantize"}
 

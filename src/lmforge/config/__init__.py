@@ -17,12 +17,14 @@ from lmforge.config.check import load_params, parse_section, stage_params, unkno
 from lmforge.config.launcher import check_launcher
 from lmforge.config.rules import check_across_sections, check_model_source, check_objective, student_shape
 from lmforge.config.schema import (
+    KD_DATA,
     MODEL_NAMES,
     OBJECTIVES,
     PARAMS_FILE,
     PRUNE_METHODS,
     SECTIONS,
     TOP_LEVEL_KEYS,
+    AugmentConfig,
     CalibrationConfig,
     CorpusConfig,
     DataConfig,
@@ -43,15 +45,17 @@ from lmforge.config.schema import (
     StudentConfig,
     TaskConfig,
     TrainConfig,
+    TransferConfig,
     spec,
 )
 
 __all__ = [
-    "MODEL_NAMES", "OBJECTIVES", "PARAMS_FILE", "PRUNE_METHODS", "SECTIONS", "TOP_LEVEL_KEYS",
-    "CalibrationConfig", "CorpusConfig", "DataConfig", "DistillConfig", "EvaluateConfig", "ExternalSetConfig",
+    "KD_DATA", "MODEL_NAMES", "OBJECTIVES", "PARAMS_FILE", "PRUNE_METHODS", "SECTIONS", "TOP_LEVEL_KEYS",
+    "AugmentConfig", "CalibrationConfig", "CorpusConfig", "DataConfig", "DistillConfig", "EvaluateConfig",
+    "ExternalSetConfig",
     "FinetuneConfig", "GateConfig", "KDConfig", "MixtureConfig", "ModelConfig", "Params", "PreprocessConfig",
     "PretrainConfig", "PruneConfig", "QuantizeConfig", "RecoveryConfig", "StudentConfig", "TaskConfig",
-    "TrainConfig", "check_across_sections", "check_launcher", "check_model_source", "check_objective",
+    "TrainConfig", "TransferConfig", "check_across_sections", "check_launcher", "check_model_source", "check_objective",
     "load_params", "parse_section", "spec", "stage_params", "student_shape", "unknown_key_message",
     "validate_params",
 ]

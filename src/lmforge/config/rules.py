@@ -106,7 +106,9 @@ def check_across_sections(params: Params, source: str | Path = PARAMS_FILE) -> N
                           f"model.n_embd={model.n_embd})")
     check_model_source(model, source)
     check_objective(model, params.pretrain, params.task, source)
-    student_shape(model, params.student, source)
+    check_student(params, source)
+    if params.student.init != "pretrained":  # a pretrained student's shape is its checkpoint's
+        student_shape(model, params.student, source)
     if preprocess.block_size > model.n_positions:
         raise ConfigError(f"{source}: invalid value for 'preprocess.block_size': {preprocess.block_size} "
                           f"(expected <= model.n_positions={model.n_positions}: the model reads whole blocks)")
@@ -118,6 +120,42 @@ def check_across_sections(params: Params, source: str | Path = PARAMS_FILE) -> N
     check_prune(params.prune, source)
     check_quantize(params.quantize, source)
     check_evaluate(evaluate, model, preprocess, source)
+
+
+def check_student(params: Params, source: str | Path = PARAMS_FILE) -> None:
+    """What the student is made from, what it learns from (distill.data, prune.recovery.data) and the transfer
+    set agree."""
+    student, distill, transfer = params.student, params.distill, params.transfer
+    if student.init == "pretrained":
+        if not student.name_or_path:
+            raise _invalid(source, "student.name_or_path", student.name_or_path,
+                           "a local folder or pkg://<package>/<folder> with student.init=pretrained")
+        if params.task.head != "classifier":
+            raise _invalid(source, "task.head", params.task.head, "classifier with student.init=pretrained: a "
+                           "student of another family learns the teacher's label distribution through its own head")
+        for key, value in (("distill.data", distill.data), ("prune.recovery.data", params.prune.recovery.data)):
+            if value != "transfer":
+                raise _invalid(source, key, value, "transfer with student.init=pretrained: a student with its own "
+                               "tokenizer learns from the teacher's cached outputs on text")
+    elif student.name_or_path is not None:
+        raise _invalid(source, "student.name_or_path", student.name_or_path,
+                       f"null with student.init={student.init} (it names the checkpoint of init=pretrained)")
+    if distill.data == "transfer" and distill.alpha_hidden > 0:
+        raise _invalid(source, "distill.alpha_hidden", distill.alpha_hidden, "0 with distill.data=transfer: "
+                       "hidden-state KD needs the teacher's activations, run online with distill.data=mixture")
+    aug = transfer.augment
+    if not (transfer.task or transfer.domain):
+        raise _invalid(source, "transfer.task", transfer.task, "true, or transfer.domain true: the transfer set "
+                       "needs texts")
+    if aug.ngram_min > aug.ngram_max:
+        raise _invalid(source, "transfer.augment.ngram_min", aug.ngram_min,
+                       f"<= transfer.augment.ngram_max={aug.ngram_max}")
+    if aug.mlm_replace > 0 and not aug.masked_lm:
+        raise _invalid(source, "transfer.augment.masked_lm", aug.masked_lm,
+                       "a local masked-LM folder (e.g. models/general of an encoder profile) with mlm_replace > 0")
+    if aug.mlm_replace == 0 and aug.masked_lm:
+        raise _invalid(source, "transfer.augment.masked_lm", aug.masked_lm,
+                       "null with transfer.augment.mlm_replace=0 (it is only read for the word replacement)")
 
 
 def _invalid(source: str | Path, key: str, value: Any, expected: str) -> ConfigError:

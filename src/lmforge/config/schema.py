@@ -100,7 +100,10 @@ class StudentConfig:
     n_layer: int = spec(ge=1)
     n_head: int | None = spec(ge=1)  # null: the teacher's (other than GPT-2: must be the teacher's)
     n_embd: int | None = spec(ge=8)  # null: the teacher's (other than GPT-2: must be the teacher's)
-    init_from_teacher: bool = spec()  # copy embeddings and teacher blocks where widths match
+    # teacher: copy embeddings and teacher blocks where widths match | scratch: a fresh model of the shape above |
+    # pretrained: the model at name_or_path (any family, its own tokenizer) with a fresh classifier head
+    init: str = spec(choices=("teacher", "scratch", "pretrained"))
+    name_or_path: str | None = spec()  # init=pretrained: a local save_pretrained folder or pkg://<package>/<folder>
     # which teacher blocks: `influence` keeps the most influential (ShortGPT, measured on calibration
     # blocks of the train split), `even` every k-th (DistilBERT)
     layer_selection: str = spec(choices=("influence", "even"))
@@ -179,8 +182,36 @@ class GateConfig:
     max_ppl_ratio: float | None = spec(ge=1.0)  # model perplexity / teacher perplexity (general and domain)
 
 
+# What distill and prune's recovery learn from: `transfer` the transfer set with the teacher's cached outputs
+# (stage transfer; label logits only, any student), `mixture` the finetune mixture with the teacher run online
+# (needed by LM-logit KD and hidden-state KD)
+KD_DATA = ("transfer", "mixture")
+
+
+@dataclass
+class AugmentConfig:
+    copies: int = spec(ge=0)  # perturbed copies of each text
+    word_dropout: float = spec(ge=0.0, lt=1.0)  # each word of a copy dropped with this probability
+    ngram: float = spec(ge=0.0, le=1.0)  # probability that a copy is a random span of ngram_min..ngram_max words
+    ngram_min: int = spec(ge=1)
+    ngram_max: int = spec(ge=1)
+    mlm_replace: float = spec(ge=0.0, lt=1.0)  # each word replaced by a masked LM's guess with this probability
+    masked_lm: str | None = spec()  # mlm_replace > 0: a local masked-LM folder (e.g. models/general of an encoder)
+
+
+@dataclass
+class TransferConfig:
+    task: bool = spec()  # the labelled train split
+    domain: bool = spec()  # the unlabelled in-domain documents (data/processed/domain_text)
+    max_domain_texts: int | None = spec(ge=1)  # null: all
+    augment: AugmentConfig = spec()
+    batch_size: int = spec(ge=1)  # the teacher's inference batch
+    precision: str = spec(choices=("fp32", "bf16", "auto"))  # the teacher's; auto: bf16 where measured faster
+
+
 @dataclass
 class DistillConfig(FinetuneConfig):
+    data: str = spec(choices=KD_DATA)
     kd: KDConfig = spec()
     alpha_hidden: float = spec(ge=0.0)  # weight of the hidden-state term (layer-wise KD); 0: off
     hidden_loss: str = spec(choices=("mse", "cosine"))  # mse (TinyBERT) | cosine: 1 - cos (DistilBERT)
@@ -198,6 +229,7 @@ class RecoveryConfig(TrainConfig):
     logging_steps: int | None = spec(ge=1)  # null: max_steps // 10 (at least 1)
     eval_steps: int | None = spec(ge=1)  # null: max_steps (one evaluation, at the end)
     save_steps: int | None = spec(ge=1)  # null: max_steps // 2 (at least 1)
+    data: str = spec(choices=KD_DATA)
     kd: KDConfig = spec()
     mixture: MixtureConfig = spec()
 
@@ -295,6 +327,7 @@ SECTIONS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "task": TaskConfig,
     "finetune": FinetuneConfig,
+    "transfer": TransferConfig,
     "distill": DistillConfig,
     "prune": PruneConfig,
     "quantize": QuantizeConfig,
@@ -322,6 +355,7 @@ class Params:
     pretrain: PretrainConfig | None = None
     task: TaskConfig | None = None
     finetune: FinetuneConfig | None = None
+    transfer: TransferConfig | None = None
     distill: DistillConfig | None = None
     prune: PruneConfig | None = None
     quantize: QuantizeConfig | None = None

@@ -37,6 +37,7 @@ class ExternalSet:
     prompts: list[list[int]]
     labels: list[int]
     stats: dict[str, Any]
+    texts: list[str]  # what `prompts` encode: a model with its own tokenizer encodes them again
 
 
 def load_external_sets(specs: list[ExternalSetConfig], tokenizer: PreTrainedTokenizerBase, task_meta: dict,
@@ -87,4 +88,4 @@ def _load_one(index: int, spec: ExternalSetConfig, tokenizer: PreTrainedTokenize
     if overlap:
         log.warning("%s: dropped %d texts that occur in the training corpora", key, overlap)
     log.info("%s: %d examples (%d rows read)", key, len(fresh), len(texts))
-    return ExternalSet(spec.name, prompts, [labels[i] for i, _ in fresh], stats)
+    return ExternalSet(spec.name, prompts, [labels[i] for i, _ in fresh], stats, [text for _, text in fresh])

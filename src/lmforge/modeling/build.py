@@ -80,7 +80,7 @@ def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: Stude
     config = teacher.config.to_dict()
     config.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     student = type(teacher)(GPT2Config.from_dict(config))  # GPT2LMHeadModel, or GPT2ForSequenceClassification
-    if cfg.init_from_teacher and n_embd == teacher.config.n_embd:
+    if cfg.init == "teacher" and n_embd == teacher.config.n_embd:
         with torch.no_grad():
             student.transformer.wte.load_state_dict(teacher.transformer.wte.state_dict())
             student.transformer.wpe.load_state_dict(teacher.transformer.wpe.state_dict())
@@ -90,7 +90,7 @@ def build_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg: Stude
             if hasattr(teacher, "score"):  # a classifier head reads the same width: it starts as the teacher's
                 student.score.load_state_dict(teacher.score.state_dict())
         log.info("student initialised from teacher blocks %s (embeddings and final norm copied)", layer_map)
-    elif cfg.init_from_teacher:
+    elif cfg.init == "teacher":
         log.info("student width %d differs from the teacher's %d: random initialisation", n_embd,
                  teacher.config.n_embd)
     return student
@@ -119,7 +119,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
                         layer_map: list[int]) -> PreTrainedModel:
     """A student of the teacher's family, class and width with fewer layers (Llama and relatives, BERT).
 
-    With init_from_teacher, every tensor outside the layer stack (token embeddings, final norm, LM
+    With init=teacher, every tensor outside the layer stack (token embeddings, final norm, LM
     head if untied, a classifier head) is copied and student layer s is teacher layer layer_map[s].
     """
     n_layer, _, _ = student_shape(teacher_cfg, cfg)  # also: the student keeps the teacher's width
@@ -129,7 +129,7 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
     if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) in some families
         config.layer_types = [config.layer_types[t] for t in layer_map]
     student = new_model(config, dtype=torch.float32)
-    if cfg.init_from_teacher:
+    if cfg.init == "teacher":
         name, _ = decoder_layers(teacher)
         source = teacher.state_dict()
         state = {}

