@@ -1,0 +1,111 @@
+"""lmforge.evaluation.statistics: the bootstrap interval of an accuracy and the paired McNemar test, checked
+against hand-computed values and simulated data. No pipeline run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lmforge.evaluation import statistics
+
+# --- McNemar -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("b", "c", "p"), [
+    (10, 0, 2 * 0.5**10),  # 0.001953: every discordant item one way
+    (0, 10, 2 * 0.5**10),
+    (7, 7, 1.0),  # b == c: no evidence either way (2 P(X <= 7) > 1, capped)
+    (0, 0, 1.0),  # no discordant item
+    (1, 0, 1.0),  # 2 * 0.5
+    (5, 1, 2 * (1 + 6) / 2**6),  # 0.21875
+    (12, 3, 2 * (1 + 15 + 105 + 455) / 2**15),  # 0.03516
+])
+def test_mcnemar_matches_hand_computed_values(b, c, p):
+    assert statistics.mcnemar_p(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_of_many_discordant_items_does_not_overflow():
+    assert statistics.mcnemar_p(1200, 1200) == 1.0
+    assert 0 <= statistics.mcnemar_p(2000, 1000) < 1e-50
+
+
+def test_discordant_counts_and_compare():
+    model = [1, 1, 0, 0, 1, 1, 1, 0]
+    teacher = [1, 0, 1, 0, 0, 1, 0, 0]
+    assert statistics.discordant(model, teacher) == (3, 1)  # 3 only the model gets right, 1 only the teacher
+    out = statistics.compare(model, teacher, seed=0)
+    assert (out["b"], out["c"]) == (3, 1)
+    assert out["p_mcnemar"] == pytest.approx(2 * 5 / 16)
+    assert out["diff"] == pytest.approx(2 / 8)
+    lo, hi = out["diff_ci95"]
+    assert lo <= out["diff"] <= hi
+    assert out["within_noise"] is True
+    with pytest.raises(ValueError, match="same items"):
+        statistics.discordant([1, 0], [1, 0, 1])
+
+
+def test_a_clear_loss_is_not_within_noise():
+    teacher = np.ones(500, dtype=bool)
+    model = teacher.copy()
+    model[:30] = False  # 30 items only the teacher gets right
+    out = statistics.compare(model, teacher, seed=1)
+    assert (out["b"], out["c"]) == (0, 30) and out["within_noise"] is False
+    assert out["p_mcnemar"] == pytest.approx(2 * 0.5**30)
+    assert out["diff_ci95"][1] < 0  # the interval of the difference excludes 0 too
+
+
+# --- bootstrap intervals -----------------------------------------------------------------------------
+
+
+def test_interval_contains_the_accuracy_and_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(0)
+    correct = rng.random(300) < 0.8
+    lo, hi = statistics.accuracy_interval(correct, seed=5)
+    assert lo <= correct.mean() <= hi and 0 <= lo < hi <= 1
+    assert statistics.accuracy_interval(correct, seed=5) == (lo, hi)
+    assert statistics.accuracy_interval(correct, seed=6) != (lo, hi)
+    # a perfect model: a degenerate interval, still containing its accuracy
+    assert statistics.accuracy_interval(np.ones(50, dtype=bool), seed=0) == (1.0, 1.0)
+
+
+def test_interval_narrows_with_more_items():
+    widths = []
+    for n in (100, 400, 1600):
+        correct = np.arange(n) % 5 != 0  # accuracy 0.8 exactly
+        lo, hi = statistics.accuracy_interval(correct, seed=0)
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    # the width of a 95% interval is about 2 * 1.96 * sqrt(p (1 - p) / n): halves when n quadruples
+    assert widths[1] == pytest.approx(2 * 1.96 * math.sqrt(0.16 / 400), rel=0.15)
+
+
+def test_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+    """Simulated test sets of 200 items from a model whose true accuracy is 0.8: the 95% interval contains
+    0.8 in about 95% of them (a 90% or a too-narrow interval fails this)."""
+    rng = np.random.default_rng(2024)
+    trials, hits = 400, 0
+    for trial in range(trials):
+        correct = rng.random(200) < 0.8
+        lo, hi = statistics.accuracy_interval(correct, seed=trial)
+        hits += lo <= 0.8 <= hi
+    assert 0.92 <= hits / trials <= 0.98
+
+
+def test_difference_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(7)
+    trials, hits = 300, 0
+    for trial in range(trials):
+        teacher = rng.random(300) < 0.85
+        flip = rng.random(300) < 0.1  # the model disagrees with the teacher on ~10% of the items
+        model = teacher ^ flip
+        # E[model - teacher] = P(flip) * (P(teacher wrong) - P(teacher right)) = 0.1 * (0.15 - 0.85)
+        lo, hi = statistics.difference_interval(model, teacher, seed=trial)
+        hits += lo <= -0.07 <= hi
+    assert 0.91 <= hits / trials <= 0.98
+
+
+def test_empty_correctness_is_an_error():
+    with pytest.raises(ValueError, match="non-empty"):
+        statistics.accuracy_interval([], seed=0)
