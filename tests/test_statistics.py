@@ -1,5 +1,5 @@
 """lmforge.evaluation.statistics: the bootstrap interval of an accuracy and the paired McNemar test, checked
-against hand-computed values and simulated data. No pipeline run."""
+against hand-computed values and simulated data; evaluate's rows. No pipeline run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmforge.evaluation import statistics
+from lmforge.evaluation.evaluate import CORRECT, add_statistics, rounded
 
 # --- McNemar -----------------------------------------------------------------------------------------
 
@@ -109,3 +110,24 @@ def test_difference_interval_covers_the_true_difference_about_95_percent_of_the_
 def test_empty_correctness_is_an_error():
     with pytest.raises(ValueError, match="non-empty"):
         statistics.accuracy_interval([], seed=0)
+
+
+# --- evaluate's rows ---------------------------------------------------------------------------------
+
+
+def test_add_statistics_moves_the_items_out_and_compares_with_the_teacher():
+    teacher = [True] * 90 + [False] * 10
+    results = {"teacher": {"accuracy": 0.9, CORRECT: teacher},
+               "student": {"accuracy": 0.89, CORRECT: teacher[:89] + [False] + teacher[90:]},
+               "encoder": {"accuracy": None}}
+    correct = add_statistics(results, seed=1234)
+    assert correct["teacher"]["task"] == teacher
+    assert all(CORRECT not in row for row in results.values())
+    assert "vs_teacher" not in results["teacher"] and results["encoder"]["accuracy_ci95"] is None
+    lo, hi = results["teacher"]["accuracy_ci95"]
+    assert lo < 0.9 < hi
+    vs = results["student"]["vs_teacher"]
+    assert (vs["b"], vs["c"], vs["p_mcnemar"], vs["within_noise"]) == (0, 1, 1.0, True)
+    row = rounded(results["student"])
+    assert all(len(str(v)) <= 6 for v in row["accuracy_ci95"])  # four decimals inside the list too
+    assert rounded({"p_mcnemar": 1.23456e-7}) == {"p_mcnemar": 1.235e-7}  # a small p keeps its digits
