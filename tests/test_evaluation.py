@@ -242,7 +242,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
 
     summary = (layout / "reports" / "summary.md").read_text()
     for text in ("| model | params |", "| pruned", "bag-of-words baseline", "majority class",
-                 "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment"):
+                 "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment",
+                 "| accuracy [95% interval] | vs teacher |", "| (reference) |", "McNemar"):
         assert text in summary
     assert (layout / "reports" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((layout / "reports").glob(".*"))  # no temporary files left behind

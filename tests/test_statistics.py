@@ -1,13 +1,15 @@
 """lmforge.evaluation.statistics: the bootstrap interval of an accuracy and the paired McNemar test, checked
-against hand-computed values and simulated data; evaluate's rows. No pipeline run."""
+against hand-computed values and simulated data; and how the report prints them. No pipeline run."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
+from lmforge import report
 from lmforge.evaluation import statistics
 from lmforge.evaluation.evaluate import CORRECT, add_statistics, rounded
 
@@ -131,3 +133,66 @@ def test_add_statistics_moves_the_items_out_and_compares_with_the_teacher():
     row = rounded(results["student"])
     assert all(len(str(v)) <= 6 for v in row["accuracy_ci95"])  # four decimals inside the list too
     assert rounded({"p_mcnemar": 1.23456e-7}) == {"p_mcnemar": 1.235e-7}  # a small p keeps its digits
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+
+def model_row(accuracy: float, mb: float, ms: float, ci: list[float], vs: dict | None = None) -> dict:
+    row = {"accuracy": accuracy, "accuracy_ci95": ci, "bytes_on_disk": int(mb * 1e6), "latency_p50_ms": ms,
+           "latency_p90_ms": ms * 1.1, "ppl_general": 5.0, "ppl_domain": 5.0, "ppl_kind": "next-token",
+           "parameters": 1000, "nonzero_parameters": 1000, "tokens_per_s": 1e4, "speedup_p50": 3.6 / ms,
+           "accuracy_retention": accuracy / 0.942}
+    if vs is not None:
+        row["vs_teacher"] = vs
+    return row
+
+
+def synthetic_results() -> dict:
+    models = {
+        "teacher": model_row(0.942, 3.8, 3.6, [0.922, 0.961]),
+        "student": model_row(0.963, 2.2, 2.1, [0.947, 0.977],
+                             {"b": 20, "c": 8, "p_mcnemar": 0.0357, "diff": 0.0213, "diff_ci95": [0.002, 0.039],
+                              "within_noise": False}),
+        "pruned": model_row(0.947, 1.4, 1.3, [0.927, 0.965],
+                            {"b": 12, "c": 9, "p_mcnemar": 0.6636, "diff": 0.0053, "diff_ci95": [-0.012, 0.023],
+                             "within_noise": True}),
+        "quantized": model_row(0.911, 0.4, 0.6, [0.887, 0.934],
+                               {"b": 3, "c": 21, "p_mcnemar": 0.0003, "diff": -0.0319,
+                                "diff_ci95": [-0.05, -0.016], "within_noise": False}),
+    }
+    results = {"models": models, "baselines": {}, "environment": {"threads": 2},
+               "data": {"lm_blocks_general": 64, "lm_blocks_domain": 64, "task_examples": 564,
+                        "latency_seq_len": 64, "throughput_batch": 16},
+               "gate": {"max_accuracy_drop": 0.02, "max_ppl_ratio": 1.1}}
+    results["pareto"] = {"size": report.pareto_front(models, "bytes_on_disk"),
+                         "latency": report.pareto_front(models, "latency_p50_ms")}
+    results["recommendation"] = report.recommend(models, results["gate"])
+    return results
+
+
+def test_summary_prints_intervals_and_the_paired_test():
+    results = synthetic_results()
+    summary = report.summary_markdown(results)
+    table = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert "| vs teacher |" in table[0]
+    row = {re.match(r"\|\s*\**(\w+)", line).group(1): line for line in table[2:]}
+    assert "0.942 [0.922, 0.961]" in row["teacher"]
+    assert "0.963 [0.947, 0.977]" in row["student"]
+    assert "+2.1 points, McNemar p=0.036" in row["student"]
+    assert "within noise (p=0.66)" in row["pruned"]
+    assert "-3.2 points, McNemar p<0.001" in row["quantized"]
+    assert "95% bootstrap interval" in summary and "McNemar" in summary
+
+
+def test_recommendation_and_reading_do_not_call_a_within_noise_model_better_or_worse():
+    results = synthetic_results()
+    results["recommendation"]["model"] = "pruned"  # within noise of the teacher
+    text = report.recommendation_text(results)
+    assert "within noise" in text and "p=0.66" in text
+    assert "better" not in text and "worse" not in text and "above" not in text and "below the" not in text
+    results["recommendation"]["model"] = "student"  # 2.1 points above, p = 0.036
+    text = report.recommendation_text(results)
+    assert "2.1 points above the teacher's" in text and "p=0.036" in text
+    reading = report.reading(results)
+    assert "student" in reading and "within noise" in reading
