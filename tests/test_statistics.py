@@ -196,3 +196,15 @@ def test_recommendation_and_reading_do_not_call_a_within_noise_model_better_or_w
     assert "2.1 points above the teacher's" in text and "p=0.036" in text
     reading = report.reading(results)
     assert "student" in reading and "within noise" in reading
+
+
+def test_reading_does_not_call_the_teacher_most_accurate_when_others_are_within_noise():
+    results = synthetic_results()
+    models = results["models"]
+    models["teacher"]["accuracy"] = 0.97
+    models["student"]["vs_teacher"] = {**models["student"]["vs_teacher"], "diff": -0.007, "p_mcnemar": 0.6,
+                                       "within_noise": True}
+    reading = report.reading(results)
+    assert "most accurate model" not in reading
+    assert "The highest measured accuracy is the teacher's (0.970)" in reading
+    assert "within noise: student, pruned" in reading

@@ -230,12 +230,14 @@ def reading(results: dict[str, Any]) -> str:
     out: list[str] = []
     best = max(models, key=lambda n: models[n]["accuracy"])
     vs = models[best].get("vs_teacher")
+    compared = {n: r["vs_teacher"] for n, r in models.items() if r.get("vs_teacher") is not None}
     if vs is not None and vs["within_noise"]:
         out.append(f"The highest measured accuracy is {best}'s ({models[best]['accuracy']:.3f}), within noise of "
                    f"the {REFERENCE}'s ({format_p(vs['p_mcnemar'])}).")
+    elif best == REFERENCE and any(v["within_noise"] for v in compared.values()):  # not "the most accurate"
+        out.append(f"The highest measured accuracy is the {REFERENCE}'s ({models[best]['accuracy']:.3f}).")
     else:
         out.append(f"The most accurate model is {best} ({models[best]['accuracy']:.3f}).")
-    compared = {n: r["vs_teacher"] for n, r in models.items() if r.get("vs_teacher") is not None}
     if compared:
         same = [n for n, v in compared.items() if v["within_noise"]]
         differ = [f"{n} ({v['diff'] * 100:+.1f} points, {format_p(v['p_mcnemar'])})"
