@@ -4,7 +4,8 @@
 
 The recipe: check the model names and that every input exists (naming the stage to rerun) -> load the test
 data, the task baselines and any external test sets -> note the environment -> measure each model on the same
-data and CPU (lmforge.evaluation.evaluate.measure_model) -> compare with the teacher -> the report and the
+data and CPU (lmforge.evaluation.evaluate.measure_model) -> compare with the teacher (ratios; accuracy
+intervals and a paired test on the same items, lmforge.evaluation.statistics) -> the report and the
 metrics (lmforge.report: evaluate.json, headline.json, Pareto data, summary.md, PNG). No gate: evaluate
 judges every model against `evaluate.gate` in the report's recommendation.
 """
@@ -24,6 +25,7 @@ from lmforge.data.external import load_external_sets
 from lmforge.data.processed import encode_for, load_tokenizer, own_tokenizer, retokenize_blocks
 from lmforge.evaluation.evaluate import (
     add_relative,
+    add_statistics,
     baselines,
     check_inputs,
     environment,
@@ -37,8 +39,8 @@ from lmforge.evaluation.evaluate import (
 from lmforge.modeling.io import load_model
 from lmforge.report import format_value, write_report
 
-# seed: an encoder's masked positions; model.init: whether the base model is measured too; model.arch: an encoder's
-# base has no head to measure
+# seed: an encoder's masked positions, the bootstrap resamples of the accuracy intervals; model.init: whether
+# the base model is measured too; model.arch: an encoder's base has no head to measure
 PARAMS = ("seed", "evaluate", "model.init", "model.arch")
 log = logging.getLogger("lmforge.evaluate")
 
@@ -87,6 +89,9 @@ def main(params: Params) -> dict[str, Any]:
                      row["accuracy"], row["latency_p50_ms"], row["tokens_per_s"])
         del model
     add_relative(results)  # retention, speed-up and compression against the teacher
+    # a bootstrap 95% interval of every accuracy, and a paired McNemar test of every model against the
+    # teacher on the same test items (the per-item correctness stays out of the metrics)
+    add_statistics(results, seed)
 
     # metrics and report
     metrics = {

@@ -213,6 +213,20 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
     assert results["baselines"] == {"bag_of_words": {"accuracy": 0.61}, "majority": {"accuracy": 0.5}}
     assert results["environment"]["threads"] == 2
     assert results["environment"]["precision"]["precision"] == "fp32"
+    # every accuracy with its bootstrap interval; every model but the teacher tested against it on the same items
+    for name, row in results["models"].items():
+        lo, hi = row["accuracy_ci95"]
+        assert 0 <= lo <= row["accuracy"] <= hi <= 1
+        if name == "teacher":
+            assert "vs_teacher" not in row
+            continue
+        vs = row["vs_teacher"]
+        assert set(vs) == {"b", "c", "p_mcnemar", "diff", "diff_ci95", "within_noise"}
+        assert vs["diff"] == pytest.approx(row["accuracy"] - teacher["accuracy"], abs=2e-4)
+        assert vs["diff"] == pytest.approx((vs["b"] - vs["c"]) / 32, abs=1e-4)
+        assert 0 < vs["p_mcnemar"] <= 1 and vs["within_noise"] == (vs["p_mcnemar"] >= 0.05)
+        assert vs["diff_ci95"][0] <= vs["diff"] <= vs["diff_ci95"][1]
+    assert "task_correct" not in (layout / "metrics" / "evaluate.json").read_text()  # no per-item lists
     assert {row["precision"] for row in results["models"].values()} == {"fp32"}
 
     records = json.loads((layout / "plots" / "pareto.json").read_text())
@@ -228,7 +242,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
 
     summary = (layout / "reports" / "summary.md").read_text()
     for text in ("| model | params |", "| pruned", "bag-of-words baseline", "majority class",
-                 "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment"):
+                 "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment",
+                 "| accuracy [95% interval] | vs teacher |", "| (reference) |", "McNemar"):
         assert text in summary
     assert (layout / "reports" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((layout / "reports").glob(".*"))  # no temporary files left behind
@@ -408,7 +423,8 @@ def test_external_sets_are_measured_for_every_model_with_training_overlap_droppe
     assert stats["examples"] == 16 and stats["positive_fraction"] == 0.5
     for name in ("teacher", "student"):
         accuracy = results["models"][name]["external_accuracy"]["reviews"]
-        assert 0.0 <= accuracy <= 1.0
+        lo, hi = results["models"][name]["external_accuracy_ci95"]["reviews"]
+        assert 0.0 <= lo <= accuracy <= hi <= 1.0
     summary = (external_layout / "reports" / "summary.md").read_text()
     assert "accuracy reviews" in summary and "2 found in the training corpora and dropped" in summary
 

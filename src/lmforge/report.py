@@ -7,7 +7,9 @@ metrics/evaluate.json, a plain output.
 
 The report marks the Pareto frontier (no other model is at least as accurate and at most as costly)
 of accuracy against size and against latency, and names a recommended model: the fastest one inside
-the accuracy gate (`evaluate.gate`, relative to the teacher).
+the accuracy gate (`evaluate.gate`, relative to the teacher). Every accuracy is printed with its bootstrap 95%
+interval, and every model's accuracy against the teacher's with the paired McNemar test on the same items
+(lmforge.evaluation.statistics); a difference with p >= 0.05 is called within noise, never better or worse.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 
 from lmforge import paths
 from lmforge.artifacts import atomic_file, write_json, write_text
+from lmforge.evaluation import statistics
 from lmforge.evaluation.gate import shortfalls
 from lmforge.stage import write_metrics
 
@@ -122,8 +125,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
     models, baselines, env, data = (results["models"], results["baselines"], results["environment"],
                                     results["data"])
     external = results.get("external", {})
-    header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy",
-              "retention", "p50 ms", "speedup", "tokens/s", "Pareto"] + [f"accuracy {name}" for name in external]
+    header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy [95% interval]",
+              "vs teacher", "retention", "p50 ms", "speedup", "tokens/s", "Pareto"]
+    header += [f"accuracy {name}" for name in external]
     fronts, rec = results["pareto"], results["recommendation"]
     lines = ["# Evaluation summary", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -132,22 +136,29 @@ def summary_markdown(results: dict[str, Any]) -> str:
         cells = [name, f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
                  f"{r['bytes_on_disk'] / MB:.3f}", format_value(r["ppl_general"], ppl),
                  format_value(r["ppl_domain"], ppl),
-                 format_value(r["accuracy"], "{:.3f}"), format_value(r["accuracy_retention"], "{:.2f}"),
+                 format_accuracy(r["accuracy"], r.get("accuracy_ci95")), vs_teacher_cell(name, r),
+                 format_value(r["accuracy_retention"], "{:.2f}"),
                  format_value(r["latency_p50_ms"], "{:.2f}"), format_value(r["speedup_p50"], "{:.2f}x"),
                  format_value(r["tokens_per_s"], "{:,.0f}"),
                  " + ".join(axis for axis in ("size", "latency") if name in fronts[axis]) or "-"]
-        cells += [format_value(r.get("external_accuracy", {}).get(name), "{:.3f}") for name in external]
+        cells += [format_accuracy(r.get("external_accuracy", {}).get(name),
+                                  r.get("external_accuracy_ci95", {}).get(name)) for name in external]
         label = f"**{name}** (recommended)" if name == rec["model"] else name
         lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
         label = {"bag_of_words": "bag-of-words baseline", "majority": "majority class"}.get(name, name)
-        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (5 + len(external)))
+        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (6 + len(external)))
                      + " |")
     lines += ["",
               "Retention is accuracy relative to the teacher; speedup is the teacher's p50 latency over the "
               "model's. MB are 10^6 bytes of weight files on disk. Perplexity on "
               f"{data['lm_blocks_general']} general and {data['lm_blocks_domain']} domain test blocks, "
-              f"accuracy on {data['task_examples']} test examples; latency is one forward pass over "
+              f"accuracy on {data['task_examples']} test examples, with its 95% bootstrap interval "
+              f"({statistics.RESAMPLES} resamples of the test items: how far the accuracy could move on another "
+              "test sample of this size). vs teacher: the accuracy difference from the teacher in points, and the "
+              "exact McNemar p of the paired test on the same items (the chance of a difference at least this "
+              f"large if the two were equally accurate); within noise when p >= {statistics.ALPHA:g}. "
+              "Latency is one forward pass over "
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}. "
               "Pareto: on the frontier of accuracy against size on disk and/or p50 latency (no other model is at "
               "least as accurate and at most as large, or as slow)."
@@ -193,13 +204,24 @@ def recommendation_text(results: dict[str, Any]) -> str:
     text = (f"**{name}**: the fastest model inside the gate ({limits}; `evaluate.gate`): accuracy {r['accuracy']:.3f}, "
             f"{r['bytes_on_disk'] / MB:.2f} MB, p50 {r['latency_p50_ms']:.2f} ms "
             f"({format_value(r['speedup_p50'], '{:.2f}x')} the {REFERENCE}'s speed).")
+    said = vs_teacher_sentence(name, r)
+    text += f" {said}" if said else ""
     others = [n for n in rec["equally_fast"] if n != name]
     if others:
         text += (f" {', '.join(others)} {'is' if len(others) == 1 else 'are'} within {NOISE:.0%} of its latency "
                  "(noise on this machine); it is the smallest on disk of them.")
     if rec["failed"]:
-        text += " Outside the gate: " + "; ".join(f"{n} ({', '.join(why)})" for n, why in rec["failed"].items()) + "."
+        text += " Outside the gate: " + "; ".join(f"{n} ({', '.join(why)}{_noise_note(models[n], why)})"
+                                                  for n, why in rec["failed"].items()) + "."
     return text + f' Use it: `lmforge predict models/{name} "a review"`.'
+
+
+def _noise_note(row: dict[str, Any], why: list[str]) -> str:
+    """A model outside the accuracy gate whose difference from the teacher is within noise: say so."""
+    vs = row.get("vs_teacher")
+    if vs is None or not vs["within_noise"] or not any(w.startswith("accuracy") for w in why):
+        return ""
+    return f"; its accuracy is still within noise of the {REFERENCE}'s, {format_p(vs['p_mcnemar'])}"
 
 
 def reading(results: dict[str, Any]) -> str:
@@ -207,7 +229,22 @@ def reading(results: dict[str, Any]) -> str:
     models, baselines = with_task(results["models"]), results["baselines"]
     out: list[str] = []
     best = max(models, key=lambda n: models[n]["accuracy"])
-    out.append(f"The most accurate model is {best} ({models[best]['accuracy']:.3f}).")
+    vs = models[best].get("vs_teacher")
+    compared = {n: r["vs_teacher"] for n, r in models.items() if r.get("vs_teacher") is not None}
+    if vs is not None and vs["within_noise"]:
+        out.append(f"The highest measured accuracy is {best}'s ({models[best]['accuracy']:.3f}), within noise of "
+                   f"the {REFERENCE}'s ({format_p(vs['p_mcnemar'])}).")
+    elif best == REFERENCE and any(v["within_noise"] for v in compared.values()):  # not "the most accurate"
+        out.append(f"The highest measured accuracy is the {REFERENCE}'s ({models[best]['accuracy']:.3f}).")
+    else:
+        out.append(f"The most accurate model is {best} ({models[best]['accuracy']:.3f}).")
+    if compared:
+        same = [n for n, v in compared.items() if v["within_noise"]]
+        differ = [f"{n} ({v['diff'] * 100:+.1f} points, {format_p(v['p_mcnemar'])})"
+                  for n, v in compared.items() if not v["within_noise"]]
+        out.append("Against the teacher on the same test items (McNemar): "
+                   + "; ".join(([f"within noise: {', '.join(same)}"] if same else [])
+                               + ([f"measurably different: {', '.join(differ)}"] if differ else [])) + ".")
     per_mb = max(models, key=lambda n: models[n]["accuracy"] / max(models[n]["bytes_on_disk"] / MB, 1e-9))
     out.append(f"The best accuracy per MB on disk is {per_mb} "
                f"({models[per_mb]['accuracy']:.3f} at {models[per_mb]['bytes_on_disk'] / MB:.2f} MB).")
@@ -229,7 +266,9 @@ def reading(results: dict[str, Any]) -> str:
     if "teacher" in models and "student" in models:
         s, t = models["student"], models["teacher"]
         retention = format_value(s["accuracy_retention"], "{:.0%}")
-        out.append(f"Distillation keeps {retention} of the teacher's accuracy with "
+        noise = (f" (within noise, {format_p(s['vs_teacher']['p_mcnemar'])})"
+                 if (s.get("vs_teacher") or {}).get("within_noise") else "")
+        out.append(f"Distillation keeps {retention} of the teacher's accuracy{noise} with "
                    f"{s['parameters'] / t['parameters']:.0%} of its parameters, at "
                    f"{s['speedup_p50']:.2f}x its speed (p50).")
     if "student" in models and "pruned" in models:
@@ -317,6 +356,45 @@ def plot_pareto(results: dict[str, Any], path: str | Path) -> None:
     axes[1].legend(list(legend.values()), list(legend), loc="lower right")
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+
+
+def format_accuracy(accuracy: float | None, interval: list[float] | None) -> str:
+    """`0.829 [0.802, 0.856]`: an accuracy and its 95% interval (the accuracy alone without one)."""
+    if accuracy is None:
+        return "-"
+    return f"{accuracy:.3f}" + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
+
+
+def format_p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
+
+
+def vs_teacher_cell(name: str, row: dict[str, Any]) -> str:
+    """The table's `vs teacher` cell: the difference in points and its McNemar p, or within noise."""
+    if name == REFERENCE:
+        return "(reference)"
+    vs = row.get("vs_teacher")
+    if vs is None:
+        return "-"
+    points = f"{vs['diff'] * 100:+.1f} points"
+    if vs["within_noise"]:
+        return f"{points}, within noise ({format_p(vs['p_mcnemar'])})"
+    return f"{points}, McNemar {format_p(vs['p_mcnemar'])}"
+
+
+def vs_teacher_sentence(name: str, row: dict[str, Any]) -> str:
+    """What the paired test says of `name` against the teacher, as a sentence ("" when it has none)."""
+    vs = row.get("vs_teacher")
+    if name == REFERENCE or vs is None:
+        return ""
+    if vs["within_noise"]:
+        return (f"Its accuracy is within noise of the {REFERENCE}'s ({vs['diff'] * 100:+.1f} points, McNemar "
+                f"{format_p(vs['p_mcnemar'])} on the same {vs['b'] + vs['c']} items where they disagree): "
+                "this test set cannot tell the two apart.")
+    lo, hi = vs["diff_ci95"]
+    return (f"Its accuracy is {abs(vs['diff']) * 100:.1f} points {'above' if vs['diff'] > 0 else 'below'} the "
+            f"{REFERENCE}'s (McNemar {format_p(vs['p_mcnemar'])}; 95% interval of the difference "
+            f"[{lo * 100:+.1f}, {hi * 100:+.1f}] points).")
 
 
 def format_value(value: float | None, pattern: str) -> str:

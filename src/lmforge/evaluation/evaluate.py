@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 from pathlib import Path
@@ -20,7 +21,7 @@ from lmforge.config import MODEL_NAMES, EvaluateConfig, ModelConfig
 from lmforge.data.examples import nsp_pairs
 from lmforge.data.processed import load_tokenizer
 from lmforge.errors import ConfigError, DataError, missing_input, rerun_hint
-from lmforge.evaluation import metrics
+from lmforge.evaluation import metrics, statistics
 from lmforge.modeling.arch import context_length
 from lmforge.modeling.family import is_encoder, kind_of
 from lmforge.modeling.io import method_of, weights_bytes
@@ -31,11 +32,16 @@ REFERENCE = "teacher"  # retention, speedup and compression are relative to this
 PPL_KIND = {"causal": "next-token", "masked": "masked-token", "pretraining": "masked-token", "classifier": None}
 PREPROCESS_METRICS = paths.METRICS / "preprocess.json"
 EVAL_BATCH_SIZE = 16
+# a row's per-item correctness on the task test items (and on each external set), in the order of the
+# prompts, the same items for every model: add_statistics takes them out of the row (they are not metrics)
+CORRECT = "task_correct"
+EXTERNAL_CORRECT = "external_correct"
 
 
 def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
                   labels: list, label_token_ids: list[int], seed: int, external: list) -> dict[str, Any]:
-    """One row of the report: size, perplexities, accuracy (and on each external set), latency, throughput."""
+    """One row of the report: size, perplexities, accuracy (and on each external set), latency, throughput;
+    and the per-item correctness behind each accuracy (CORRECT, EXTERNAL_CORRECT) for add_statistics."""
     model_config = read_json(paths.model_dir(name) / "config.json")
     _check_seq_len(name, model_config, [general, domain, prompts, *(s.prompts for s in external)],
                    cfg.latency_seq_len)
@@ -65,10 +71,12 @@ def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, dom
                  "no accuracy, no latency)", name, row["ppl_general"], row["ppl_domain"],
                  f", next-sentence accuracy {row['nsp_accuracy']:.3f}" if "nsp_accuracy" in row else "")
         return row
-    row["accuracy"] = metrics.task_accuracy(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
+    row[CORRECT] = metrics.task_correct(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
+    row["accuracy"] = sum(row[CORRECT]) / len(row[CORRECT])
     if external:
-        row["external_accuracy"] = {s.name: metrics.task_accuracy(model, s.prompts, s.labels, label_token_ids,
-                                                                  EVAL_BATCH_SIZE) for s in external}
+        row[EXTERNAL_CORRECT] = {s.name: metrics.task_correct(model, s.prompts, s.labels, label_token_ids,
+                                                              EVAL_BATCH_SIZE) for s in external}
+        row["external_accuracy"] = {name: sum(c) / len(c) for name, c in row[EXTERNAL_CORRECT].items()}
     lat = metrics.latency(model, cfg.latency_seq_len, cfg.latency_warmup, cfg.latency_runs,
                           vocab_size, threads=cfg.threads, seed=seed)
     row["latency_p50_ms"], row["latency_p90_ms"] = lat["p50_ms"], lat["p90_ms"]
@@ -166,9 +174,37 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
-def rounded(row: dict[str, Any]) -> dict[str, Any]:
-    """Four decimals is below measurement noise and keeps `dvc metrics diff` readable."""
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+def add_statistics(results: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
+    """How sure each accuracy is (lmforge.evaluation.statistics): every row with an accuracy gets
+    `accuracy_ci95` (and `external_accuracy_ci95` per external set), every one but the teacher `vs_teacher`,
+    the paired McNemar test against the teacher on the same items (None without a teacher with an accuracy).
+    Takes the per-item correctness out of the rows and returns it, by model."""
+    correct = {name: {"task": row.pop(CORRECT), **row.pop(EXTERNAL_CORRECT, {})}
+               for name, row in results.items() if CORRECT in row}
+    ref = correct.get(REFERENCE, {}).get("task")
+    for name, row in results.items():
+        if name not in correct:  # an encoder without a task head: no accuracy
+            row["accuracy_ci95"] = None
+            continue
+        row["accuracy_ci95"] = list(statistics.accuracy_interval(correct[name]["task"], seed))
+        if "external_accuracy" in row:
+            row["external_accuracy_ci95"] = {ext: list(statistics.accuracy_interval(correct[name][ext], seed))
+                                             for ext in row["external_accuracy"]}
+        if name != REFERENCE:
+            row["vs_teacher"] = None if ref is None else statistics.compare(correct[name]["task"], ref, seed)
+    return correct
+
+
+def rounded(row: Any, key: str = "") -> Any:
+    """Four decimals is below measurement noise and keeps `dvc metrics diff` readable; a p-value keeps four
+    significant digits (a small p is not 0). Lists and dicts (an interval, vs_teacher) are rounded inside."""
+    if isinstance(row, dict):
+        return {k: rounded(v, k) for k, v in row.items()}
+    if isinstance(row, list):
+        return [rounded(v, key) for v in row]
+    if isinstance(row, float) and key.startswith("p_") and math.isfinite(row):
+        return float(f"{row:.4g}")
+    return round(row, 4) if isinstance(row, float) else row
 
 
 def baselines() -> dict[str, dict[str, float]]:

@@ -154,15 +154,23 @@ def label_log_probs(model: nn.Module, prompt_ids: Sequence[Sequence[int]], label
     return out
 
 
-def task_accuracy(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
-                  label_token_ids: Sequence[int], batch_size: int) -> float:
-    """Fraction of prompts whose most likely label is the right one: among the label tokens only, for an
-    LM; the classifier's own prediction, for a classifier."""
+def task_correct(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
+                 label_token_ids: Sequence[int], batch_size: int) -> list[bool]:
+    """Per prompt, in the order of `prompt_ids`: whether its most likely label is the right one (among the
+    label tokens only, for an LM; the classifier's own prediction, for a classifier). The paired comparisons
+    of lmforge.evaluation.statistics need these, not only their mean."""
     if len(prompt_ids) != len(labels) or not labels:
         raise ValueError(f"need as many prompts as labels, and at least one: "
                          f"{len(prompt_ids)} prompts, {len(labels)} labels")
     predicted = label_log_probs(model, prompt_ids, label_token_ids, batch_size).argmax(dim=-1)
-    return int((predicted == torch.tensor(list(labels))).sum()) / len(labels)
+    return (predicted == torch.tensor(list(labels))).tolist()
+
+
+def task_accuracy(model: nn.Module, prompt_ids: Sequence[Sequence[int]], labels: Sequence[int],
+                  label_token_ids: Sequence[int], batch_size: int) -> float:
+    """Fraction of prompts whose most likely label is the right one (`task_correct`)."""
+    correct = task_correct(model, prompt_ids, labels, label_token_ids, batch_size)
+    return sum(correct) / len(correct)
 
 
 def _weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
