@@ -112,6 +112,14 @@ def test_chain_speed_measures_every_method_against_the_teacher(tmp_path):
         assert positive(chain["batch_1"][f"student {method}"]["speedup_vs_teacher"])
         assert positive(chain["batch_16"][f"student {method}"]["ms"]["median"])
     assert chain["batch_1"]["teacher torch fp32"]["speedup_vs_teacher"] == 1.0
+    # the reference is the teacher at its best precision on this CPU: the faster of fp32 and bf16, per round
+    best = chain["batch_1"]["best_teacher"]
+    assert best in ("teacher torch fp32", "teacher torch bf16")
+    assert chain["batch_1"][best]["speedup_vs_best_teacher"] == 1.0
+    for name, row in chain["batch_1"].items():
+        if name != "best_teacher":  # nothing is measured faster against the best teacher than against fp32's
+            assert row["speedup_vs_best_teacher"] <= row["speedup_vs_teacher"] + 1e-9, name
+    assert chain["goals"]["chain_speedup_batch1"]["against"] == best
     assert chain["bytes_ratio_vs_teacher"]["student onnx_int8"] < chain["bytes_ratio_vs_teacher"]["student torch fp32"]
     assert set(chain["goals"]["met"]) == {"ort_int8_over_torch_fp32_same_model", "chain_speedup_batch1",
                                           "chain_bytes_ratio", "task_over_full"}
