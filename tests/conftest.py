@@ -21,6 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 GROUP_SECONDS = {
     "test_experiments.py": 220,
     "test_fsdp.py": 150,
+    "test_transfer.py": 150,
     "test_reliability_locks.py": 100,
     "test_remote.py": 90,
     "test_reliability_stable_outputs.py": 60,
