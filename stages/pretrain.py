@@ -23,7 +23,7 @@ log = logging.getLogger("lmforge.pretrain")
 def main(params: Params) -> dict[str, Any]:
     # imported once stage.run has validated the parameters: importing torch and transformers takes seconds,
     # and a bad parameter should fail at once
-    from transformers import BertForMaskedLM, BertForPreTraining, set_seed
+    from transformers import AutoModelForMaskedLM, BertForPreTraining, set_seed
 
     from lmforge.data import processed as data
     from lmforge.data.examples import nsp_pairs
@@ -49,7 +49,8 @@ def main(params: Params) -> dict[str, Any]:
                             pad_token_id=tokenizer.pad_token_id, seed=seed, objective=cfg.objective)
     else:
         set_seed(seed)  # the heads a bare encoder lacks are initialised from it
-        encoder_class = {"mlm": BertForMaskedLM, "mlm_nsp": BertForPreTraining}.get(cfg.objective)
+        # mlm: the encoder's own MLM class (BertForMaskedLM, MPNetForMaskedLM); mlm_nsp: BERT only (validate)
+        encoder_class = {"mlm": AutoModelForMaskedLM, "mlm_nsp": BertForPreTraining}.get(cfg.objective)
         model = load_hf(base, model_class=encoder_class)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise missing_input(paths.TOKENIZER, f"{len(tokenizer)} tokens, more than the "

@@ -33,6 +33,9 @@ from lmforge.config.schema import (
 )
 from lmforge.errors import ConfigError
 
+# the model.arch values of bidirectional encoders: lmforge.modeling.family.ENCODER_TYPES (a test keeps them equal;
+# the config layer does not import the modeling layer)
+ENCODER_ARCHS = ("bert", "mpnet")
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # an external set's name: a metrics key and a column
 
 def check_model_source(model: ModelConfig, source: str | Path = PARAMS_FILE) -> None:
@@ -54,16 +57,20 @@ def check_model_source(model: ModelConfig, source: str | Path = PARAMS_FILE) -> 
 def check_objective(model: ModelConfig, pretrain: PretrainConfig, task: TaskConfig,
                     source: str | Path = PARAMS_FILE) -> None:
     """The objective and the task head must suit the family: masked LM for encoders, next-token for the others."""
-    encoder = model.arch == "bert"
+    encoder = model.arch in ENCODER_ARCHS
     if encoder and pretrain.objective == "clm":
-        raise ConfigError(f"{source}: invalid value for 'pretrain.objective': 'clm' (model.arch=bert is a "
-                          "bidirectional encoder: expected mlm or mlm_nsp)")
+        expected = "mlm or mlm_nsp" if model.arch == "bert" else "mlm"
+        raise ConfigError(f"{source}: invalid value for 'pretrain.objective': 'clm' (model.arch={model.arch} is a "
+                          f"bidirectional encoder: expected {expected})")
     if not encoder and pretrain.objective != "clm":
         raise ConfigError(f"{source}: invalid value for 'pretrain.objective': {pretrain.objective!r} "
                           f"(model.arch={model.arch} is a causal LM: expected clm; mlm and mlm_nsp are for bert)")
+    if encoder and model.arch != "bert" and pretrain.objective == "mlm_nsp":  # BertForPreTraining only
+        raise ConfigError(f"{source}: invalid value for 'pretrain.objective': 'mlm_nsp' (next-sentence prediction "
+                          f"needs BERT's pretraining head; model.arch={model.arch}: expected mlm)")
     if encoder and task.head == "lm":
         raise ConfigError(f"{source}: invalid value for 'task.head': 'lm' (an encoder has no next-token head to "
-                          "score a label word with: expected classifier for model.arch=bert)")
+                          f"score a label word with: expected classifier for model.arch={model.arch})")
 
 
 def student_shape(teacher: ModelConfig, student: StudentConfig,
@@ -292,7 +299,7 @@ def check_evaluate(cfg: EvaluateConfig, model: ModelConfig, preprocess: Preproce
         if model.init != "pretrained":
             raise ConfigError(f"{source}: invalid value in 'evaluate.models': 'base' (models/base holds weights only "
                               "with model.init=pretrained; model.init is scratch)")
-        if model.arch == "bert":
+        if model.arch in ENCODER_ARCHS:
             raise ConfigError(f"{source}: invalid value in 'evaluate.models': 'base' (a pretrained encoder is stored "
                               "without an MLM or task head: there is nothing to measure it with; pretrain adds the "
                               "heads)")

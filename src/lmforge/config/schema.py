@@ -83,7 +83,8 @@ class PreprocessConfig:
 class ModelConfig:
     # scratch: a GPT-2 of the shape below. pretrained: the checkpoint's own architecture (its model_type
     # must equal arch), with n_layer .. dropout ignored; see lmforge.modeling.pretrained.
-    arch: str = spec(choices=("gpt2", "llama", "bert"))  # bert: an encoder (objective mlm, task.head=classifier)
+    arch: str = spec(choices=("gpt2", "llama", "bert", "mpnet"))  # bert, mpnet: encoders (objective mlm,
+    # task.head=classifier); mpnet only pretrained (all-mpnet-base-v2, model=mpnet_base)
     init: str = spec(choices=("scratch", "pretrained"))
     name_or_path: str | None = spec()  # pretrained: hub name or local save_pretrained folder
     gguf_file: str | None = spec()  # pretrained: a .gguf path, or pkg://<package>/<file>

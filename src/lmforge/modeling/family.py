@@ -4,7 +4,7 @@ The chain carries four kinds of model, told apart by the class `save_pretrained`
 config.json (`architectures`), so every stage and loader picks the class the same way:
 
     causal      GPT2LMHeadModel, LlamaForCausalLM, ...   next-token LM (objective clm); task.head=lm
-    masked      BertForMaskedLM                          encoder with an MLM head (objective mlm)
+    masked      BertForMaskedLM, MPNetForMaskedLM        encoder with an MLM head (objective mlm)
     pretraining BertForPreTraining                       encoder with MLM + next-sentence heads (mlm_nsp)
     classifier  *ForSequenceClassification               any family with a task head (task.head=classifier):
                                                          logits are (batch, labels), not (batch, seq, vocab)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ENCODER_TYPES = ("bert",)  # model_type values of bidirectional encoders
+ENCODER_TYPES = ("bert", "mpnet")  # model_type values of bidirectional encoders (mpnet: pretrained only)
 
 
 def is_encoder(model_type: str) -> bool:

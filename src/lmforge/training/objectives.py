@@ -136,12 +136,17 @@ def to_classifier(lm: PreTrainedModel, label_words: list[str], pad_token_id: int
 
 
 def attach_replay_head(classifier: PreTrainedModel, lm: PreTrainedModel) -> None:
-    """A copy of `lm`'s LM head (BERT: its MLM prediction head) on `classifier`'s body, as
+    """A copy of `lm`'s LM head (BERT, MPNet: its MLM prediction head) on `classifier`'s body, as
     `classifier.replay_head`. A copy, not tied to the embeddings: it is a training aid, discarded with
     `detach_replay_head` before the classifier is saved, and a plain module checkpoints as it is."""
-    head = copy.deepcopy(lm.cls.predictions if hasattr(lm, "cls") else lm.get_output_embeddings())
+    if hasattr(lm, "cls"):  # BertForMaskedLM: cls.predictions (transform + decoder)
+        head = copy.deepcopy(lm.cls.predictions)
+    elif is_encoder(lm.config.model_type):  # MPNetForMaskedLM: lm_head (dense, layer_norm, decoder)
+        head = copy.deepcopy(lm.lm_head)
+    else:
+        head = copy.deepcopy(lm.get_output_embeddings())
     if getattr(head, "bias", None) is getattr(getattr(head, "decoder", None), "bias", False):
-        del head.bias  # BERT's alias of decoder.bias: a checkpoint may not hold one tensor twice
+        del head.bias  # BERT's (and MPNet's) alias of decoder.bias: a checkpoint may not hold one tensor twice
     classifier.replay_head = head
 
 
