@@ -39,7 +39,7 @@ def layer_of(module: str) -> tuple[str, str]:
         return "recipes", "stages"
     parts = module.split(".")
     top = parts[1] if len(parts) > 1 else ""
-    if top in ("", "paths", "errors", "artifacts", "hardware", "locks", "quiet", "unpack_parts"):
+    if top in ("", "paths", "errors", "artifacts", "hardware", "locks", "quiet"):
         return "core", top or "lmforge"
     if top in ("config", "compose"):
         return "config", top
