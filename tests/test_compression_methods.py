@@ -54,7 +54,8 @@ def prune_config(method: list[str], **values) -> PruneConfig:
     recovery = RecoveryConfig(max_steps=0, batch_size=4, grad_accum_steps=1, learning_rate=1e-3, lr_scheduler="cosine",
                               warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=None,
                               eval_steps=None, save_steps=None, eval_max_examples=8, precision="fp32",
-                              attn_implementation="sdpa", optim="adamw_torch", torch_compile=False, data="mixture", kd=kd,
+                              attn_implementation="sdpa", optim="adamw_torch", torch_compile=False,
+                              data="mixture", kd=kd,
                               mixture=MixtureConfig(domain=1.0, task=1.0, general=1.0))
     return PruneConfig(method=method, **{**keys, **values}, calibration=CalibrationConfig(samples=8, batch_size=4),
                        validation_examples=8, recovery=recovery,
