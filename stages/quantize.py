@@ -105,6 +105,7 @@ def main(params: Params) -> dict[str, Any]:
         "method": cfg.method,
         "per_channel": cfg.per_channel,
         "calibration_blocks": cfg.calibration_blocks,
+        **({"int8_weights": report["int8_weights"]} if "int8_weights" in report else {}),  # 8/7 bits and why
         "coverage": report["coverage"],
         "int8_params": report["int8_params"],
         "linear_params": report["linear_params"],

@@ -37,7 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmforge import quiet
+from lmforge import hardware, quiet
+from lmforge.modeling.io import QUANTIZED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +299,15 @@ def quantize_blockwise(model: onnx.ModelProto, block_size: int) -> onnx.ModelPro
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool,
-                  calibration_blocks: Sequence[Sequence[int]] = (), block_size: int | None = None) -> dict[str, Any]:
+                  calibration_blocks: Sequence[Sequence[int]] = (), block_size: int | None = None,
+                  nodes_to_exclude: Sequence[str] = (), cpu_flags: list[str] | None = None) -> dict[str, Any]:
     """Quantize an exported model to int8 and write it to `out_path`; returns its coverage report.
 
     Without calibration blocks: dynamic quantization (int8 weights, activations quantized per call,
-    MatMulInteger). With them: static QDQ (activation ranges calibrated on those blocks). With
-    `block_size`: blockwise (`quantize_blockwise`), the head untied from the embedding.
+    MatMulInteger), 8-bit or 7-bit weights by `hardware.int8_weights(cpu_flags)` (this CPU's flags by default;
+    the decision is in the report's `int8_weights`). With them: static QDQ (activation ranges calibrated on
+    those blocks, 7-bit weights). With `block_size`: blockwise (`quantize_blockwise`), the head untied from the
+    embedding. `nodes_to_exclude`: node names left in fp32 (dynamic and static only).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -316,7 +320,12 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         with _quiet():
             result = quantize_blockwise(model, block_size)
         onnx.save(result, str(out_path))
-        return {**coverage(result), "shared_embedding": False, "static": False, "block_size": block_size}
+        return {**coverage(result), "shared_embedding": False, "static": False, "block_size": block_size,
+                "int8_weights": {"weight_bits": None, "reduce_range": None, "vnni": hardware.has_vnni(cpu_flags),
+                                 "reason": "blockwise: MatMulNBits (8-bit blocks), no u8s8 MatMulInteger"}}
+    rule = hardware.int8_weights(cpu_flags)
+    if calibration_blocks:  # static QDQ: s8 activations, 7-bit weights as before (not the u8s8 kernels' rule)
+        rule = {**rule, "weight_bits": 7, "reduce_range": True, "reason": "static QDQ: 7-bit weights"}
     with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp, _quiet():
         untied = Path(tmp) / "untied.onnx"
         onnx.save(model, str(untied))
@@ -324,22 +333,23 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         # A tied embedding's lookup is not quantized on its own: it reads the head's int8 copy (below).
         ops = list(QUANTIZED_OPS)
         exclude = [node.name for node in model.graph.node if node.op_type == "Gather" and node.input[0] == tied]
+        exclude += list(nodes_to_exclude)
         if calibration_blocks:
             quantize_static(str(untied), str(quantized), _Blocks(calibration_blocks),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
                             nodes_to_exclude=exclude, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            reduce_range=True,
+                            reduce_range=rule["reduce_range"],
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True})
         else:
             quantize_dynamic(str(untied), str(quantized), op_types_to_quantize=ops, per_channel=per_channel,
-                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8, reduce_range=True,
+                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8, reduce_range=rule["reduce_range"],
                              extra_options={"WeightSymmetric": True})
         result = onnx.load(str(quantized))
     shared = bool(tied) and share_embedding(result, tied)
     if tied and not shared:
         log.warning("the tied embedding could not share the head's int8 weight: it stays fp32")
     onnx.save(result, str(out_path))
-    return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks)}
+    return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks), "int8_weights": rule}
 
 
 def coverage(model: onnx.ModelProto) -> dict[str, Any]:
@@ -364,10 +374,30 @@ def coverage(model: onnx.ModelProto) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def session(path: str | Path, threads: int | None = None) -> Any:
+MANIFEST_FILE = QUANTIZED_MANIFEST  # quantization.json: lmforge.compression.quantize writes it beside model.onnx
+
+
+def weight_bits(folder: str | Path) -> int | None:
+    """The int8 weights' bits recorded in a folder's quantization.json (`int8_weights`); 7 for a folder
+    written before the record existed (lmforge always used 7-bit weights then)."""
+    import json
+
+    manifest = Path(folder) / MANIFEST_FILE
+    if not manifest.is_file():
+        return 7
+    record = json.loads(manifest.read_text()).get("int8_weights")
+    return 7 if record is None else record.get("weight_bits")
+
+
+def session(path: str | Path, threads: int | None = None, weight_bits: int | None = 7) -> Any:
+    """An ORT CPU session of one file; `weight_bits` of its int8 weights decides the U8U8 option on a CPU
+    without VNNI (`hardware.session_options`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in hardware.session_options(weight_bits).items():
+        options.add_session_config_entry(key, value)
+        log.debug("%s: %s=%s (8-bit weights on a CPU without VNNI)", path, key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle ORT threads spin by default and would steal the cores from whatever runs next (torch).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -392,7 +422,7 @@ class OnnxModel:
         self.config = SimpleNamespace(**json.loads((self.path / "config.json").read_text()))
         self._threads = threads
         self._file = file
-        self.session = session(self.path / file, threads)
+        self.session = session(self.path / file, threads, weight_bits(self.path))
 
     def eval(self) -> OnnxModel:
         return self
@@ -459,7 +489,8 @@ class OnnxTask:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path)
-        self.session = session(path / TASK_FILE if path.is_dir() else path, threads)
+        folder = path if path.is_dir() else path.parent
+        self.session = session(path / TASK_FILE if path.is_dir() else path, threads, weight_bits(folder))
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
         as_torch = not isinstance(input_ids, np.ndarray)

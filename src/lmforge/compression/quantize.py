@@ -79,7 +79,8 @@ def _write_onnx_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calib
     finally:
         fp32.unlink(missing_ok=True)
     save_config(model, out_dir)  # the shape and class, for the loader and evaluate (read as JSON)
-    _write_manifest(out_dir, cfg, report, extra)
+    # the weight bits and why (this CPU's VNNI): the loader's ORT session takes its U8U8 option from them
+    _write_manifest(out_dir, cfg, report, {**extra, "int8_weights": report["int8_weights"]})
     return report
 
 
