@@ -181,3 +181,39 @@ def test_smoothing_refuses_bert_and_no_calibration():
         smooth.smooth(bert, _calibration())
     with pytest.raises(ValueError, match="smooth_blocks"):
         smooth.smooth(outlier_gpt2(), [])
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing among candidates
+# --------------------------------------------------------------------------------------------------
+
+
+def _cfg(**changes):
+    from dataclasses import replace
+
+    from lmforge.config import QuantizeConfig
+
+    base = QuantizeConfig(method="onnx_int8", per_channel=True, include_lm_head=True, min_coverage=0.95,
+                          calibration_blocks=0, block_size=None, check_max_blocks=4, check_max_examples=8,
+                          task_model=False, gate=None, candidates=["per_channel", "smooth", "blockwise"],
+                          max_accuracy_drop=0.01, smooth_alpha=0.5, smooth_blocks=4, fallback_layers=2)
+    return replace(base, **changes)
+
+
+MEASURED = {  # as SmolLM2's student measured (input 0.887): per-channel fast but 8.6 points down
+    "per_channel": {"val_accuracy": 0.801, "val_loss": 3.1, "ms_per_review": 10.0, "coverage": 0.99},
+    "smooth": {"val_accuracy": 0.880, "val_loss": 2.9, "ms_per_review": 11.0, "coverage": 0.99},
+    "blockwise": {"val_accuracy": 0.885, "val_loss": 2.8, "ms_per_review": 16.0, "coverage": 0.99},
+}
+
+
+def test_the_fastest_candidate_within_the_allowed_drop_is_kept():
+    from lmforge.compression.quantize import select
+
+    assert select(MEASURED, 0.887, _cfg())[0] == "smooth"  # 0.7 points down, faster than blockwise
+    assert select(MEASURED, 0.887, _cfg(max_accuracy_drop=0.005))[0] == "blockwise"
+    assert select(MEASURED, 0.887, _cfg(max_accuracy_drop=0.1))[0] == "per_channel"
+    name, why, qualified = select(MEASURED, 0.95, _cfg())  # none within 1 point: the most accurate
+    assert name == "blockwise" and "none within" in why and not any(qualified.values())
+    low = {**MEASURED, "per_channel": {**MEASURED["per_channel"], "val_accuracy": 0.887, "coverage": 0.5}}
+    assert select(low, 0.887, _cfg())[0] == "smooth"  # below min_coverage: not eligible however fast

@@ -287,6 +287,8 @@ def quantize_blockwise(model: onnx.ModelProto, block_size: int) -> onnx.ModelPro
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     gemm_to_matmul(model)
+    # its note that a 4-bit Gather lifts the opset to 21 (expected: GatherBlockQuantized needs it) is no warning
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
 
     for ops, bits in ((("MatMul",), WEIGHT_BITS), (("Gather",), EMBEDDING_BITS)):
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT8_COMPUTE,
@@ -350,6 +352,56 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         log.warning("the tied embedding could not share the head's int8 weight: it stays fp32")
     onnx.save(result, str(out_path))
     return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks), "int8_weights": rule}
+
+
+def matmul_errors(fp32_path: str | Path, blocks: Sequence[Sequence[int]], max_tokens: int = 4096
+                  ) -> dict[str, float]:
+    """Each constant-weight MatMul / Gemm's own dynamic int8 error on the calibration `blocks`, largest first:
+    ||X W - dq(q(X)) dq(q(W))|| / ||X W||, X quantized to uint8 with one scale per tensor (as ORT's
+    DynamicQuantizeLinear), W to int8 per output column, symmetric. The fp32_fallback candidate leaves the
+    largest in fp32 (quantize_dynamic's nodes_to_exclude). A tied head reads a runtime Transpose: not ranked."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32_path))
+    inits = _initializers(model)
+    targets = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.name and len(node.input) > 1 and node.input[1] in inits:
+            weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if weight.ndim == 2:
+                targets[node.name] = (node.input[0], weight.T if attrs.get("transB", 0) else weight)
+    existing = {out.name for out in model.graph.output}
+    for name in {x for x, _ in targets.values()} - existing:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors named
+    runner = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [out.name for out in runner.get_outputs()]
+    inputs: dict[str, list[np.ndarray]] = {}
+    tokens = 0
+    for block in blocks:
+        ids = np.asarray([block], dtype=np.int64)
+        outputs = runner.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        values = dict(zip(names, outputs, strict=True))
+        for x, _ in targets.values():
+            inputs.setdefault(x, []).append(values[x].reshape(-1, values[x].shape[-1]))
+        tokens += ids.size
+        if tokens >= max_tokens:
+            break
+    errors = {}
+    for name, (x_name, weight) in targets.items():
+        x = np.concatenate(inputs[x_name])
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        scale = (hi - lo) / 255 or 1.0
+        zero = np.round(-lo / scale)
+        xq = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+        w_scale = np.abs(weight).max(axis=0, keepdims=True) / 127
+        w_scale[w_scale == 0] = 1.0
+        wq = np.round(weight / w_scale) * w_scale
+        exact = x @ weight
+        errors[name] = float(np.linalg.norm(exact - xq @ wq) / (np.linalg.norm(exact) or 1.0))
+    return dict(sorted(errors.items(), key=lambda item: -item[1]))
 
 
 def coverage(model: onnx.ModelProto) -> dict[str, Any]:
