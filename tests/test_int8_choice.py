@@ -217,3 +217,24 @@ def test_the_fastest_candidate_within_the_allowed_drop_is_kept():
     assert name == "blockwise" and "none within" in why and not any(qualified.values())
     low = {**MEASURED, "per_channel": {**MEASURED["per_channel"], "val_accuracy": 0.887, "coverage": 0.5}}
     assert select(low, 0.887, _cfg())[0] == "smooth"  # below min_coverage: not eligible however fast
+
+
+def test_fp32_fallback_leaves_the_matmuls_of_largest_int8_error_in_fp32(tmp_path):
+    """The ranking of fp32_fallback: each MatMul's own int8 error on calibration blocks; the outlier-fed ones
+    (ln_1 -> c_attn, ln_2 -> c_fc) rank first, and leaving them fp32 brings the model closer to fp32."""
+    model = outlier_gpt2()
+    fp32 = onnx_int8.export_onnx(model, tmp_path / "fp32.onnx", max_len=64)
+    errors = onnx_int8.matmul_errors(fp32, _calibration(4))
+    assert list(errors.values()) == sorted(errors.values(), reverse=True) and len(errors) == 2 * 4
+    ids, mask = _batch()
+    real = mask.bool()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    results = {}
+    for name, exclude in (("plain", []), ("fallback", list(errors)[:4])):
+        report = onnx_int8.quantize_onnx(fp32, tmp_path / f"{name}.onnx", per_channel=True, nodes_to_exclude=exclude)
+        session = onnx_int8.session(tmp_path / f"{name}.onnx", 1, report["int8_weights"]["weight_bits"])
+        logits = torch.from_numpy(session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
+        results[name] = (report["int8_params"], (logits - expected)[real].abs().max().item())
+    assert results["fallback"][0] < results["plain"][0]  # four weight matrices left fp32
+    assert results["fallback"][1] < results["plain"][1], results

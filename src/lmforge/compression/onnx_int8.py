@@ -335,7 +335,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         # A tied embedding's lookup is not quantized on its own: it reads the head's int8 copy (below).
         ops = list(QUANTIZED_OPS)
         exclude = [node.name for node in model.graph.node if node.op_type == "Gather" and node.input[0] == tied]
-        exclude += list(nodes_to_exclude)
+        # ORT's quantizer splits a Gemm into `<name>_MatMul` + Add before it quantizes: exclude that name too
+        exclude += [n for name in nodes_to_exclude for n in (name, f"{name}_MatMul")]
         if calibration_blocks:
             quantize_static(str(untied), str(quantized), _Blocks(calibration_blocks),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,

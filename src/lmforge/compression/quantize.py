@@ -77,10 +77,13 @@ def _write_dynamic_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, ca
 
 
 def _write_onnx_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calibration_blocks: Sequence,
-                     extra: dict[str, Any], fallback: tuple[Sequence, int] | None = None) -> dict[str, Any]:
-    """`fallback` (calibration blocks, k): the k MatMuls of largest own int8 error stay fp32 (fp32_fallback)."""
-    fp32 = out_dir / "fp32.onnx.tmp"
-    onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
+                     extra: dict[str, Any], fallback: tuple[Sequence, int] | None = None,
+                     exported: Path | None = None) -> dict[str, Any]:
+    """`fallback` (calibration blocks, k): the k MatMuls of largest own int8 error stay fp32 (fp32_fallback).
+    `exported`: the model's fp32 ONNX export, already made (candidates share one; kept); else exported here."""
+    fp32 = exported or out_dir / "fp32.onnx.tmp"
+    if exported is None:
+        onnx_int8.export_onnx(model, fp32, max_len=context_length(model))
     nodes_to_exclude: list[str] = []
     try:
         if fallback:
@@ -91,7 +94,8 @@ def _write_onnx_int8(model: nn.Module, out_dir: Path, cfg: QuantizeConfig, calib
                                          calibration_blocks=calibration_blocks[: cfg.calibration_blocks],
                                          block_size=cfg.block_size, nodes_to_exclude=nodes_to_exclude)
     finally:
-        fp32.unlink(missing_ok=True)
+        if exported is None:
+            fp32.unlink(missing_ok=True)
     save_config(model, out_dir)  # the shape and class, for the loader and evaluate (read as JSON)
     # the weight bits and why (this CPU's VNNI): the loader's ORT session takes its U8U8 option from them
     _write_manifest(out_dir, cfg, report, {**extra, "int8_weights": report["int8_weights"]})
@@ -146,8 +150,9 @@ class Candidate:
 
 
 def build_candidate(name: str, model: nn.Module, folder: Path, cfg: QuantizeConfig,
-                    calibration_blocks: Sequence[Sequence[int]]) -> Candidate:
-    """Write candidate `name` (lmforge.config.QUANTIZE_CANDIDATES) of `model` into `folder` (onnx_int8)."""
+                    calibration_blocks: Sequence[Sequence[int]], exported: Path | None = None) -> Candidate:
+    """Write candidate `name` (lmforge.config.QUANTIZE_CANDIDATES) of `model` into `folder` (onnx_int8).
+    `exported`: `model`'s fp32 ONNX export, shared by the candidates that quantize the model as it is."""
     from lmforge.compression import smooth
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,13 +164,14 @@ def build_candidate(name: str, model: nn.Module, folder: Path, cfg: QuantizeConf
     elif name == "smooth":
         model = copy.deepcopy(model)
         extra["smooth"] = smooth.smooth(model, calibration_blocks, alpha=cfg.smooth_alpha)
+        exported = None  # another function's weights: its own export
     elif name == "fp32_fallback":
         fallback = (calibration_blocks, cfg.fallback_layers)
     elif name != "per_channel":
         raise ConfigError(f"invalid value for 'quantize.candidates': {name!r} (expected one of "
                           f"{', '.join(QUANTIZE_CANDIDATES)})")
     extra.update(_extra(model))
-    report = _write_onnx_int8(model, folder, variant, (), extra, fallback=fallback)
+    report = _write_onnx_int8(model, folder, variant, (), extra, fallback=fallback, exported=exported)
     return Candidate(name, folder, model, variant, report)
 
 
@@ -181,6 +187,7 @@ def choose_candidate(model: nn.Module, root: Path, cfg: QuantizeConfig, *, calib
 
     built: list[Candidate] = []
     skipped: dict[str, str] = {}
+    exported = root / "fp32.onnx.tmp"
     for name in cfg.candidates or ():
         if name == "smooth" and not smooth.supports(model):
             skipped[name] = (f"smoothing supports {', '.join(smooth.PAIRS)}, not {model.config.model_type} "
@@ -188,7 +195,9 @@ def choose_candidate(model: nn.Module, root: Path, cfg: QuantizeConfig, *, calib
             log.info("candidate smooth skipped: %s", skipped[name])
             continue
         started = time.perf_counter()
-        candidate = build_candidate(name, model, root / name, cfg, calibration_blocks)
+        if name != "smooth" and not exported.is_file():  # one fp32 export serves every unsmoothed candidate
+            onnx_int8.export_onnx(model, exported, max_len=context_length(model))
+        candidate = build_candidate(name, model, root / name, cfg, calibration_blocks, exported=exported)
         candidate.loaded = load_quantized(candidate.folder)
         candidate.measured = {**measure(candidate.loaded), "weights_bytes": weights_bytes(candidate.folder),
                               "coverage": round(candidate.report["coverage"], 4),
@@ -201,6 +210,7 @@ def choose_candidate(model: nn.Module, root: Path, cfg: QuantizeConfig, *, calib
         raise QuantizationError(f"no quantize.candidates could be built ({skipped}); add per_channel to "
                                 "quantize.candidates")
 
+    exported.unlink(missing_ok=True)
     name, why, qualified = select({c.name: c.measured for c in built}, input_accuracy, cfg)
     chosen = next(c for c in built if c.name == name)
     (log.info if qualified[name] else log.warning)("quantize.candidates: %s chosen (%s)", name, why)
@@ -224,7 +234,8 @@ def select(measured: dict[str, dict[str, Any]], input_accuracy: float, cfg: Quan
         name = min((n for n in measured if qualified[n]), key=lambda n: measured[n]["ms_per_review"])
         return name, (f"fastest of {sum(qualified.values())} within quantize.max_accuracy_drop "
                       f"{cfg.max_accuracy_drop} of the input's accuracy {input_accuracy:.4f}"), qualified
-    name = max(measured, key=lambda n: (measured[n]["val_accuracy"], -measured[n]["val_loss"]))
+    covered = [n for n in measured if measured[n]["coverage"] >= cfg.min_coverage] or list(measured)
+    name = max(covered, key=lambda n: (measured[n]["val_accuracy"], -measured[n]["val_loss"]))
     return name, (f"none within quantize.max_accuracy_drop {cfg.max_accuracy_drop} of the input's accuracy "
                   f"{input_accuracy:.4f} (or all below quantize.min_coverage): the most accurate kept"), qualified
 
