@@ -64,7 +64,7 @@ def test_the_file_and_every_session_follow_the_recorded_rule(fp32_file, tmp_path
     model.config.save_pretrained(tmp_path)
     (tmp_path / onnx_int8.MANIFEST_FILE).write_text(json.dumps({"method": "onnx_int8",
                                                                 "int8_weights": report["int8_weights"]}))
-    assert onnx_int8.weight_bits(tmp_path) == bits
+    assert onnx_int8.recorded_weight_bits(tmp_path) == bits
     for loading_flags in (VNNI, NO_VNNI):
         monkeypatch.setattr(hardware, "cpu_flags", lambda f=loading_flags: f)
         session = onnx_int8.OnnxModel(tmp_path, threads=1).session
@@ -73,9 +73,9 @@ def test_the_file_and_every_session_follow_the_recorded_rule(fp32_file, tmp_path
 
 
 def test_a_folder_without_the_record_is_taken_for_7_bit_weights(tmp_path):
-    assert onnx_int8.weight_bits(tmp_path) == 7
+    assert onnx_int8.recorded_weight_bits(tmp_path) == 7
     (tmp_path / onnx_int8.MANIFEST_FILE).write_text(json.dumps({"method": "onnx_int8"}))
-    assert onnx_int8.weight_bits(tmp_path) == 7
+    assert onnx_int8.recorded_weight_bits(tmp_path) == 7
 
 
 # --------------------------------------------------------------------------------------------------

@@ -430,7 +430,7 @@ def coverage(model: onnx.ModelProto) -> dict[str, Any]:
 MANIFEST_FILE = QUANTIZED_MANIFEST  # quantization.json: lmforge.compression.quantize writes it beside model.onnx
 
 
-def weight_bits(folder: str | Path) -> int | None:
+def recorded_weight_bits(folder: str | Path) -> int | None:
     """The int8 weights' bits recorded in a folder's quantization.json (`int8_weights`); 7 for a folder
     written before the record existed (lmforge always used 7-bit weights then)."""
     import json
@@ -442,11 +442,16 @@ def weight_bits(folder: str | Path) -> int | None:
     return 7 if record is None else record.get("weight_bits")
 
 
-def session(path: str | Path, threads: int | None = None, weight_bits: int | None = 7) -> Any:
-    """An ORT CPU session of one file; `weight_bits` of its int8 weights decides the U8U8 option on a CPU
-    without VNNI (`hardware.session_options`)."""
+FROM_FOLDER = "folder"  # session(): read the weight bits from the quantization.json beside the file
+
+
+def session(path: str | Path, threads: int | None = None, weight_bits: int | str | None = FROM_FOLDER) -> Any:
+    """An ORT CPU session of one file; `weight_bits` of its int8 weights (by default as recorded beside the file,
+    `recorded_weight_bits(folder)`) decides the U8U8 option on a CPU without VNNI (`hardware.session_options`)."""
     import onnxruntime as ort
 
+    if weight_bits == FROM_FOLDER:
+        weight_bits = recorded_weight_bits(Path(path).parent)
     options = ort.SessionOptions()
     for key, value in hardware.session_options(weight_bits).items():
         options.add_session_config_entry(key, value)
@@ -475,7 +480,7 @@ class OnnxModel:
         self.config = SimpleNamespace(**json.loads((self.path / "config.json").read_text()))
         self._threads = threads
         self._file = file
-        self.session = session(self.path / file, threads, weight_bits(self.path))
+        self.session = session(self.path / file, threads)  # the weight bits recorded in the folder
 
     def eval(self) -> OnnxModel:
         return self
@@ -542,8 +547,7 @@ class OnnxTask:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        self.session = session(path / TASK_FILE if path.is_dir() else path, threads, weight_bits(folder))
+        self.session = session(path / TASK_FILE if path.is_dir() else path, threads)
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
         as_torch = not isinstance(input_ids, np.ndarray)
