@@ -238,3 +238,28 @@ def test_fp32_fallback_leaves_the_matmuls_of_largest_int8_error_in_fp32(tmp_path
         results[name] = (report["int8_params"], (logits - expected)[real].abs().max().item())
     assert results["fallback"][0] < results["plain"][0]  # four weight matrices left fp32
     assert results["fallback"][1] < results["plain"][1], results
+
+
+def test_smooth_is_skipped_and_recorded_for_bert_and_a_gpt2_classifier_is_smoothed(tmp_path):
+    """BERT (post-LN) has no smooth candidate: the others are built and the skip is recorded. A GPT-2
+    classifier's body is smoothed like its LM (the calibration runs the body: no pad token needed)."""
+    import copy
+
+    from transformers import BertConfig, BertForMaskedLM, GPT2ForSequenceClassification
+
+    from lmforge.compression import quantize, smooth
+
+    bert = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=32)).eval()
+    chosen, record = quantize.choose_candidate(
+        bert, tmp_path, _cfg(candidates=["per_channel", "smooth"]), calibration_blocks=[[1, 2, 3, 4]],
+        input_accuracy=0.5, measure=lambda m: {"val_accuracy": 0.5, "val_loss": 1.0, "ms_per_review": 1.0})
+    assert chosen.name == "per_channel" and set(record["candidates"]) == {"per_channel"}
+    assert "bert" in record["skipped_candidates"]["smooth"]
+    classifier = GPT2ForSequenceClassification(tiny_gpt2().config).eval()
+    ids = torch.randint(1, 300, (1, 12))
+    with torch.no_grad():
+        expected = classifier(input_ids=ids).logits
+        smoothed = copy.deepcopy(classifier)
+        assert smooth.smooth(smoothed, [list(range(1, 17))] * 3)["pairs"] == 4
+        assert (smoothed(input_ids=ids).logits - expected).abs().max() < 1e-5

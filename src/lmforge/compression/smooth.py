@@ -99,7 +99,8 @@ def activation_max(model: nn.Module, blocks: Sequence[Sequence[int]], norms: dic
             chunk = [list(b) for b in blocks[start: start + batch]]
             length = min(map(len, chunk))  # calibration blocks are all one length; cut any longer one
             ids = torch.tensor([b[:length] for b in chunk])
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            # the transformer body only: the norms are inside it, and a classifier head would want a pad token
+            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for handle in handles:
             handle.remove()
