@@ -57,7 +57,8 @@ def main(params: Params) -> dict[str, Any]:
            if set(cfg.candidates or ()) & {"smooth", "fp32_fallback"} else [],
            "label_ids": data.task_meta()["label_token_ids"]}
     if own is not None:
-        val["blocks"], val["calibration"] = (data.retokenize_blocks(val[k], own) for k in ("blocks", "calibration"))
+        for key in ("blocks", "calibration", "statistics"):
+            val[key] = data.retokenize_blocks(val[key], own) if val[key] else []
     val["prompts"], val["labels"] = data.task_prompts("validation", cfg.check_max_examples, own)
     before = check(model, val)
 
