@@ -63,6 +63,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     make_permanent(model)
     model.save_pretrained(paths.model_dir("pruned"))
     tiny_tokenizer().save_pretrained(paths.model_dir("pruned"))
+    tiny_tokenizer().save_pretrained(paths.TOKENIZER)  # data/processed's: the pruned model reads the same ids
     write_processed(torch.Generator().manual_seed(1))
     return tmp_path
 
