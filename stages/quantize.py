@@ -4,8 +4,9 @@
 
 The recipe: check the options against the method -> load the pruned model and the validation data -> quantize
 by `quantize.method` (dynamic_int8 | onnx_int8 | bf16, one module each in lmforge.compression) into a work
-folder -> check coverage, and measure validation loss and accuracy against the unquantized input -> gate
-against the teacher -> (the task-only model) -> save: the folder replaces models/quantized whole -> metrics.
+folder (with `quantize.candidates`: each variant into its own, measured, the fastest accurate one kept) -> check
+coverage, and measure validation loss and accuracy against the unquantized input -> gate against the teacher ->
+(the task-only model) -> save: the folder replaces models/quantized whole -> metrics.
 A failing check leaves the previous models/quantized as it was. Load the result with
 `lmforge.compression.quantize.load_quantized("models/quantized")`.
 """
@@ -52,22 +53,38 @@ def main(params: Params) -> dict[str, Any]:
     own = data.own_tokenizer(tokenizer)  # a student of another family reads the task in its own tokenizer
     val = {"blocks": list(data.lm_examples(paths.LM_DOMAIN, "validation", cfg.check_max_blocks)["input_ids"]),
            "calibration": list(data.lm_examples(paths.LM_DOMAIN, "train", cfg.calibration_blocks)["input_ids"]),
+           "statistics": list(data.lm_examples(paths.LM_DOMAIN, "train", cfg.smooth_blocks)["input_ids"])
+           if set(cfg.candidates or ()) & {"smooth", "fp32_fallback"} else [],
            "label_ids": data.task_meta()["label_token_ids"]}
     if own is not None:
-        val["blocks"], val["calibration"] = (data.retokenize_blocks(val[k], own) for k in ("blocks", "calibration"))
+        for key in ("blocks", "calibration", "statistics"):
+            val[key] = data.retokenize_blocks(val[key], own) if val[key] else []
     val["prompts"], val["labels"] = data.task_prompts("validation", cfg.check_max_examples, own)
     before = check(model, val)
 
     # quantize into a work folder beside models/quantized, which it replaces only once every check passed
+    # (quantize.candidates: each variant in its own folder, measured; the fastest within max_accuracy_drop kept)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as tmp:
-        work = Path(tmp)
-        report = quantize.quantize_to(model, work, cfg, calibration_blocks=val["calibration"])
+        work, chosen, candidates = Path(tmp), None, {}
+        if cfg.candidates:
+            review = max(val["prompts"], key=len)  # latency: the longest validation review at batch 1
+
+            def measure(candidate) -> dict:
+                ms = per_review_ms(lambda i, m: candidate(input_ids=i, attention_mask=m), review)
+                return {**check(candidate, val), "ms_per_review": ms}
+
+            chosen, candidates = quantize.choose_candidate(model, work, cfg, calibration_blocks=val["statistics"],
+                                                           input_accuracy=before["val_accuracy"], measure=measure)
+            work, report, quantized = chosen.folder, chosen.report, chosen.loaded
+        else:
+            report = quantize.quantize_to(model, work, cfg, calibration_blocks=val["calibration"])
         if report["coverage"] < cfg.min_coverage:
             raise quantize.QuantizationError(
                 f"{cfg.method} coverage {report['coverage']:.4f} ({report['int8_params'] or report.get('bf16_params')} "
                 f"of {report['linear_params']} weight parameters) is below quantize.min_coverage "
                 f"{cfg.min_coverage:.4f}; nothing written to {target}")
-        quantized = quantize.load_quantized(work)  # measured as saved: the numbers also prove it loads
+        if chosen is None:
+            quantized = quantize.load_quantized(work)  # measured as saved: the numbers also prove it loads
         after = check(quantized, val)
         if not all(map(math.isfinite, after.values())):
             raise quantize.QuantizationError(f"{cfg.method}: the quantized model's validation loss or accuracy is not "
@@ -85,7 +102,7 @@ def main(params: Params) -> dict[str, Any]:
         if cfg.task_model and not applies(model):
             log.info("quantize.task_model: a classifier (task.head=classifier) is its own task model: nothing to add")
         elif cfg.task_model:
-            task = task_model(model, quantized, work, cfg, val)
+            task = task_model(chosen.model if chosen else model, quantized, work, chosen.cfg if chosen else cfg, val)
         quantized_bytes = weights_bytes(work)
         task_bytes = (work / onnx_int8.TASK_FILE).stat().st_size if (work / onnx_int8.TASK_FILE).is_file() else None
 
@@ -95,7 +112,8 @@ def main(params: Params) -> dict[str, Any]:
                 os.replace(item, folder / item.name)
 
         stage.save(target, "quantize", move_into, tokenizer=tokenizer, source=source,
-                   metrics={"method": cfg.method, "coverage": report["coverage"], **after})
+                   metrics={"method": cfg.method, "coverage": report["coverage"], **after,
+                            **({"candidate": chosen.name} if chosen else {})})
     log.info("%s: coverage %.4f, validation loss %.4f -> %.4f, accuracy %.4f -> %.4f", cfg.method,
              report["coverage"], before["val_loss"], after["val_loss"], before["val_accuracy"], after["val_accuracy"])
 
@@ -105,6 +123,7 @@ def main(params: Params) -> dict[str, Any]:
         "method": cfg.method,
         "per_channel": cfg.per_channel,
         "calibration_blocks": cfg.calibration_blocks,
+        **({"int8_weights": report["int8_weights"]} if "int8_weights" in report else {}),  # 8/7 bits and why
         "coverage": report["coverage"],
         "int8_params": report["int8_params"],
         "linear_params": report["linear_params"],
@@ -119,6 +138,7 @@ def main(params: Params) -> dict[str, Any]:
         "val_examples": len(val["labels"]), "val_blocks": len(val["blocks"]),
         "gate": gate_result,
         **task,
+        **candidates,  # chosen_candidate, choice, candidates: {name: accuracy, loss, ms, bytes, chosen}
     }
     stage.write_metrics(paths.METRICS / "quantize.json", result)
     return result

@@ -279,7 +279,8 @@ def test_lowrank_bert_classifier_factors_the_blocks_and_reloads_as_a_classifier(
 def quantize_config(method: str, **values) -> QuantizeConfig:
     base = {"method": method, "per_channel": True, "include_lm_head": True, "min_coverage": 0.95,
             "calibration_blocks": 0, "block_size": None, "check_max_blocks": 4, "check_max_examples": 4,
-            "task_model": False, "gate": None}
+            "task_model": False, "gate": None, "candidates": None, "max_accuracy_drop": 0.01, "smooth_alpha": 0.5,
+            "smooth_blocks": 4, "fallback_layers": 4}
     return QuantizeConfig(**{**base, **values})
 
 

@@ -298,7 +298,8 @@ def test_an_onnx_quantized_model_is_evaluated_through_onnx_runtime(layout):
 
     cfg = QuantizeConfig(method="onnx_int8", per_channel=True, include_lm_head=True, min_coverage=0.95,
                          calibration_blocks=0, block_size=None, check_max_blocks=4, check_max_examples=4,
-                         task_model=False, gate=None)
+                         task_model=False, gate=None, candidates=None, max_accuracy_drop=0.01, smooth_alpha=0.5,
+                         smooth_blocks=4, fallback_layers=4)
     pruned = GPT2LMHeadModel.from_pretrained(paths.model_dir("pruned"))
     with torch.no_grad():  # as after training: no two layer norms alike (the exporter merges equal constants)
         for p in pruned.parameters():

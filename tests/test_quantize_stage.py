@@ -63,6 +63,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     make_permanent(model)
     model.save_pretrained(paths.model_dir("pruned"))
     tiny_tokenizer().save_pretrained(paths.model_dir("pruned"))
+    tiny_tokenizer().save_pretrained(paths.TOKENIZER)  # data/processed's: the pruned model reads the same ids
     write_processed(torch.Generator().manual_seed(1))
     return tmp_path
 
@@ -218,3 +219,32 @@ def test_a_low_rank_pruned_model_is_quantized(workdir, method):
     assert got.shape == (2, 12, VOCAB)
     # the factors themselves, quantized: far closer than a model whose factored layers were lost
     assert (got - expected).abs().mean() < 0.1 * expected.abs().mean()
+
+
+def test_candidates_are_each_measured_and_the_fastest_accurate_one_is_kept(workdir):
+    """quantize.candidates: every variant built and measured (accuracy, loss, ms, bytes), one chosen by the rule,
+    recorded in the metrics and in the folder's quantization.json, with the int8 weight bits and why."""
+    metrics = quantize_here("quantize.candidates=[per_channel,smooth,blockwise,fp32_fallback]",
+                            "quantize.smooth_blocks=4", "quantize.fallback_layers=2")
+    records = metrics["candidates"]
+    assert set(records) == {"per_channel", "smooth", "blockwise", "fp32_fallback"}
+    assert [name for name, r in records.items() if r["chosen"]] == [metrics["chosen_candidate"]]
+    for record in records.values():
+        assert {"val_accuracy", "val_loss", "ms_per_review", "weights_bytes", "qualified"} <= set(record)
+        assert record["ms_per_review"] > 0 and record["weights_bytes"] > 0
+    chosen = records[metrics["chosen_candidate"]]
+    assert chosen["val_accuracy"] == metrics["val_accuracy"]
+    if any(r["qualified"] for r in records.values()):  # the fastest of the qualified
+        assert chosen["ms_per_review"] == min(r["ms_per_review"] for r in records.values() if r["qualified"])
+    else:
+        assert "most accurate" in metrics["choice"]
+    manifest = json.loads((paths.model_dir("quantized") / MANIFEST_FILE).read_text())
+    assert manifest["candidate"] == metrics["chosen_candidate"]
+    assert metrics["int8_weights"]["reason"]
+    assert (paths.model_dir("quantized") / "task.onnx").is_file() and metrics["task_agreement_with_full"] == 1.0
+    assert not [p for p in paths.model_dir("quantized").iterdir() if p.is_dir()]  # one candidate's files only
+
+
+def test_without_candidates_one_model_is_built_as_before(workdir):
+    metrics = quantize_here("quantize.candidates=null")
+    assert "candidates" not in metrics and metrics["coverage"] >= 0.95

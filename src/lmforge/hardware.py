@@ -1,4 +1,5 @@
-"""Which precision is fast on this machine, decided by measuring rather than by CPU flags.
+"""Which precision is fast on this machine, decided by measuring rather than by CPU flags (and, for int8
+weights in ONNX Runtime, the one rule that does follow the flags: `int8_weights`, `session_options`).
 
 `precision: auto` (training and evaluation): bf16 on a GPU; on a CPU, bf16 only where a short probe
 (a few matrix products at the model's width, fp32 against bf16, forward for inference and forward +
@@ -157,3 +158,47 @@ def autocast(precision: str) -> Any:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# int8 on a CPU: 8-bit or 7-bit weights (ONNX Runtime's u8s8 kernels)
+# --------------------------------------------------------------------------------------------------
+
+# Any of these: the CPU multiplies u8 x s8 and adds in 32 bits (VPDPBUSD / AMX TDPBUSD), no saturation.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# ONNX Runtime's remedy for 8-bit weights on a CPU without VNNI: its AVX2 graph transformer turns the s8 weights
+# into u8 and runs U8U8 kernels (no 16-bit pair sums). Ignored where VNNI is present.
+U8U8_OPTION = {"session.x64quantprecision": "1"}
+
+
+def has_vnni(flags: list[str] | None = None) -> bool:
+    """Whether this CPU (or the given `cpu_flags()` list) has int8 dot products that add in 32 bits."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in VNNI_FLAGS)
+
+
+def int8_weights(flags: list[str] | None = None) -> dict[str, Any]:
+    """The rule for ONNX Runtime's dynamic int8 (u8 activations x s8 weights), from the CPU flags.
+
+    With VNNI: 8-bit weights (reduce_range False): the products add in 32 bits. Without: u8s8 kernels add pairs
+    of products in 16 bits, which 8-bit weights saturate (the SmolLM2 student: 0.871 -> 0.000 accuracy on the
+    AVX2-only EPYC), so the weights take 7 bits (reduce_range True), the path measured there (0.836). The
+    decision is stored in the quantized folder; `session_options` below applies the U8U8 option when a file
+    with 8-bit weights is loaded on a CPU without VNNI."""
+    flags = cpu_flags() if flags is None else flags
+    found = [flag for flag in VNNI_FLAGS if flag in flags]
+    if found:
+        return {"weight_bits": 8, "reduce_range": False, "vnni": True,
+                "reason": f"VNNI ({', '.join(found)}): u8s8 products add in 32 bits, 8-bit weights do not saturate"}
+    return {"weight_bits": 7, "reduce_range": True, "vnni": False,
+            "reason": "no VNNI (" + ", ".join(VNNI_FLAGS) + " absent): u8s8 kernels add product pairs in 16 bits; "
+                      "7-bit weights keep them from saturating"}
+
+
+def session_options(weight_bits: int | None, flags: list[str] | None = None) -> dict[str, str]:
+    """ONNX Runtime session config entries for an int8 file with `weight_bits`-bit weights on this CPU: the
+    U8U8 option where 8-bit weights meet a CPU without VNNI, none otherwise (7-bit weights, VNNI, or a file
+    with no MatMulInteger weights: weight_bits None)."""
+    if weight_bits == 8 and not has_vnni(flags):
+        return dict(U8U8_OPTION)
+    return {}

@@ -37,7 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmforge import quiet
+from lmforge import hardware, quiet
+from lmforge.modeling.io import QUANTIZED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,8 @@ def quantize_blockwise(model: onnx.ModelProto, block_size: int) -> onnx.ModelPro
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     gemm_to_matmul(model)
+    # its note that a 4-bit Gather lifts the opset to 21 (expected: GatherBlockQuantized needs it) is no warning
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
 
     for ops, bits in ((("MatMul",), WEIGHT_BITS), (("Gather",), EMBEDDING_BITS)):
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT8_COMPUTE,
@@ -298,12 +301,15 @@ def quantize_blockwise(model: onnx.ModelProto, block_size: int) -> onnx.ModelPro
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool,
-                  calibration_blocks: Sequence[Sequence[int]] = (), block_size: int | None = None) -> dict[str, Any]:
+                  calibration_blocks: Sequence[Sequence[int]] = (), block_size: int | None = None,
+                  nodes_to_exclude: Sequence[str] = (), cpu_flags: list[str] | None = None) -> dict[str, Any]:
     """Quantize an exported model to int8 and write it to `out_path`; returns its coverage report.
 
     Without calibration blocks: dynamic quantization (int8 weights, activations quantized per call,
-    MatMulInteger). With them: static QDQ (activation ranges calibrated on those blocks). With
-    `block_size`: blockwise (`quantize_blockwise`), the head untied from the embedding.
+    MatMulInteger), 8-bit or 7-bit weights by `hardware.int8_weights(cpu_flags)` (this CPU's flags by default;
+    the decision is in the report's `int8_weights`). With them: static QDQ (activation ranges calibrated on
+    those blocks, 7-bit weights). With `block_size`: blockwise (`quantize_blockwise`), the head untied from the
+    embedding. `nodes_to_exclude`: node names left in fp32 (dynamic and static only).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -316,7 +322,12 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         with _quiet():
             result = quantize_blockwise(model, block_size)
         onnx.save(result, str(out_path))
-        return {**coverage(result), "shared_embedding": False, "static": False, "block_size": block_size}
+        return {**coverage(result), "shared_embedding": False, "static": False, "block_size": block_size,
+                "int8_weights": {"weight_bits": None, "reduce_range": None, "vnni": hardware.has_vnni(cpu_flags),
+                                 "reason": "blockwise: MatMulNBits (8-bit blocks), no u8s8 MatMulInteger"}}
+    rule = hardware.int8_weights(cpu_flags)
+    if calibration_blocks:  # static QDQ: s8 activations, 7-bit weights as before (not the u8s8 kernels' rule)
+        rule = {**rule, "weight_bits": 7, "reduce_range": True, "reason": "static QDQ: 7-bit weights"}
     with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as tmp, _quiet():
         untied = Path(tmp) / "untied.onnx"
         onnx.save(model, str(untied))
@@ -324,22 +335,74 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, *, per_channel: b
         # A tied embedding's lookup is not quantized on its own: it reads the head's int8 copy (below).
         ops = list(QUANTIZED_OPS)
         exclude = [node.name for node in model.graph.node if node.op_type == "Gather" and node.input[0] == tied]
+        # ORT's quantizer splits a Gemm into `<name>_MatMul` + Add before it quantizes: exclude that name too
+        exclude += [n for name in nodes_to_exclude for n in (name, f"{name}_MatMul")]
         if calibration_blocks:
             quantize_static(str(untied), str(quantized), _Blocks(calibration_blocks),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
                             nodes_to_exclude=exclude, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            reduce_range=True,
+                            reduce_range=rule["reduce_range"],
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True})
         else:
             quantize_dynamic(str(untied), str(quantized), op_types_to_quantize=ops, per_channel=per_channel,
-                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8, reduce_range=True,
+                             nodes_to_exclude=exclude, weight_type=QuantType.QInt8, reduce_range=rule["reduce_range"],
                              extra_options={"WeightSymmetric": True})
         result = onnx.load(str(quantized))
     shared = bool(tied) and share_embedding(result, tied)
     if tied and not shared:
         log.warning("the tied embedding could not share the head's int8 weight: it stays fp32")
     onnx.save(result, str(out_path))
-    return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks)}
+    return {**coverage(result), "shared_embedding": shared, "static": bool(calibration_blocks), "int8_weights": rule}
+
+
+def matmul_errors(fp32_path: str | Path, blocks: Sequence[Sequence[int]], max_tokens: int = 4096
+                  ) -> dict[str, float]:
+    """Each constant-weight MatMul / Gemm's own dynamic int8 error on the calibration `blocks`, largest first:
+    ||X W - dq(q(X)) dq(q(W))|| / ||X W||, X quantized to uint8 with one scale per tensor (as ORT's
+    DynamicQuantizeLinear), W to int8 per output column, symmetric. The fp32_fallback candidate leaves the
+    largest in fp32 (quantize_dynamic's nodes_to_exclude). A tied head reads a runtime Transpose: not ranked."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32_path))
+    inits = _initializers(model)
+    targets = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.name and len(node.input) > 1 and node.input[1] in inits:
+            weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if weight.ndim == 2:
+                targets[node.name] = (node.input[0], weight.T if attrs.get("transB", 0) else weight)
+    existing = {out.name for out in model.graph.output}
+    for name in {x for x, _ in targets.values()} - existing:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors named
+    runner = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [out.name for out in runner.get_outputs()]
+    inputs: dict[str, list[np.ndarray]] = {}
+    tokens = 0
+    for block in blocks:
+        ids = np.asarray([block], dtype=np.int64)
+        outputs = runner.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        values = dict(zip(names, outputs, strict=True))
+        for x, _ in targets.values():
+            inputs.setdefault(x, []).append(values[x].reshape(-1, values[x].shape[-1]))
+        tokens += ids.size
+        if tokens >= max_tokens:
+            break
+    errors = {}
+    for name, (x_name, weight) in targets.items():
+        x = np.concatenate(inputs[x_name])
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        scale = (hi - lo) / 255 or 1.0
+        zero = np.round(-lo / scale)
+        xq = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+        w_scale = np.abs(weight).max(axis=0, keepdims=True) / 127
+        w_scale[w_scale == 0] = 1.0
+        wq = np.round(weight / w_scale) * w_scale
+        exact = x @ weight
+        errors[name] = float(np.linalg.norm(exact - xq @ wq) / (np.linalg.norm(exact) or 1.0))
+    return dict(sorted(errors.items(), key=lambda item: -item[1]))
 
 
 def coverage(model: onnx.ModelProto) -> dict[str, Any]:
@@ -364,10 +427,35 @@ def coverage(model: onnx.ModelProto) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def session(path: str | Path, threads: int | None = None) -> Any:
+MANIFEST_FILE = QUANTIZED_MANIFEST  # quantization.json: lmforge.compression.quantize writes it beside model.onnx
+
+
+def recorded_weight_bits(folder: str | Path) -> int | None:
+    """The int8 weights' bits recorded in a folder's quantization.json (`int8_weights`); 7 for a folder
+    written before the record existed (lmforge always used 7-bit weights then)."""
+    import json
+
+    manifest = Path(folder) / MANIFEST_FILE
+    if not manifest.is_file():
+        return 7
+    record = json.loads(manifest.read_text()).get("int8_weights")
+    return 7 if record is None else record.get("weight_bits")
+
+
+FROM_FOLDER = "folder"  # session(): read the weight bits from the quantization.json beside the file
+
+
+def session(path: str | Path, threads: int | None = None, weight_bits: int | str | None = FROM_FOLDER) -> Any:
+    """An ORT CPU session of one file; `weight_bits` of its int8 weights (by default as recorded beside the file,
+    `recorded_weight_bits(folder)`) decides the U8U8 option on a CPU without VNNI (`hardware.session_options`)."""
     import onnxruntime as ort
 
+    if weight_bits == FROM_FOLDER:
+        weight_bits = recorded_weight_bits(Path(path).parent)
     options = ort.SessionOptions()
+    for key, value in hardware.session_options(weight_bits).items():
+        options.add_session_config_entry(key, value)
+        log.debug("%s: %s=%s (8-bit weights on a CPU without VNNI)", path, key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle ORT threads spin by default and would steal the cores from whatever runs next (torch).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -392,7 +480,7 @@ class OnnxModel:
         self.config = SimpleNamespace(**json.loads((self.path / "config.json").read_text()))
         self._threads = threads
         self._file = file
-        self.session = session(self.path / file, threads)
+        self.session = session(self.path / file, threads)  # the weight bits recorded in the folder
 
     def eval(self) -> OnnxModel:
         return self

@@ -22,6 +22,7 @@ from lmforge.config.schema import (
     OBJECTIVES,
     PARAMS_FILE,
     PRUNE_METHODS,
+    QUANTIZE_CANDIDATES,
     SECTIONS,
     TOP_LEVEL_KEYS,
     AugmentConfig,
@@ -50,9 +51,9 @@ from lmforge.config.schema import (
 )
 
 __all__ = [
-    "KD_DATA", "MODEL_NAMES", "OBJECTIVES", "PARAMS_FILE", "PRUNE_METHODS", "SECTIONS", "TOP_LEVEL_KEYS",
-    "AugmentConfig", "CalibrationConfig", "CorpusConfig", "DataConfig", "DistillConfig", "EvaluateConfig",
-    "ExternalSetConfig",
+    "KD_DATA", "MODEL_NAMES", "OBJECTIVES", "PARAMS_FILE", "PRUNE_METHODS", "QUANTIZE_CANDIDATES", "SECTIONS",
+    "TOP_LEVEL_KEYS", "AugmentConfig", "CalibrationConfig", "CorpusConfig", "DataConfig", "DistillConfig",
+    "EvaluateConfig", "ExternalSetConfig",
     "FinetuneConfig", "GateConfig", "KDConfig", "MixtureConfig", "ModelConfig", "Params", "PreprocessConfig",
     "PretrainConfig", "PruneConfig", "QuantizeConfig", "RecoveryConfig", "StudentConfig", "TaskConfig",
     "TrainConfig", "TransferConfig", "check_across_sections", "check_launcher", "check_model_source", "check_objective",

@@ -18,6 +18,7 @@ from lmforge.config.schema import (
     PARAMS_FILE,
     PRUNE_METHOD_KEYS,
     PRUNE_METHODS,
+    QUANTIZE_CANDIDATES,
     UNSTRUCTURED_METHODS,
     CorpusConfig,
     DataConfig,
@@ -285,6 +286,20 @@ def check_quantize(cfg: QuantizeConfig, source: str | Path = PARAMS_FILE) -> Non
         if cfg.calibration_blocks:
             raise _invalid(source, "quantize.calibration_blocks", cfg.calibration_blocks,
                            "0 with quantize.block_size set: blockwise activations are quantized at run time")
+    if cfg.candidates is not None:
+        names = ", ".join(QUANTIZE_CANDIDATES)
+        if cfg.method != "onnx_int8":
+            raise _invalid(source, "quantize.candidates", cfg.candidates,
+                           f"null: candidates are ONNX Runtime int8 variants, for method onnx_int8, not {cfg.method}")
+        if not cfg.candidates or len(set(cfg.candidates)) != len(cfg.candidates):
+            raise _invalid(source, "quantize.candidates", cfg.candidates,
+                           f"null or a list of distinct names from {names}")
+        for i, name in enumerate(cfg.candidates):
+            if name not in QUANTIZE_CANDIDATES:
+                raise _invalid(source, f"quantize.candidates[{i}]", name, f"one of {names}")
+        if cfg.calibration_blocks:
+            raise _invalid(source, "quantize.calibration_blocks", cfg.calibration_blocks,
+                           "0 with quantize.candidates set: the candidates quantize activations at run time")
 
 
 def check_evaluate(cfg: EvaluateConfig, model: ModelConfig, preprocess: PreprocessConfig,

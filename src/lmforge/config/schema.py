@@ -277,6 +277,11 @@ class PruneConfig:
     gate: GateConfig | None = spec()  # null: no gate
 
 
+# quantize.candidates (onnx_int8): per-channel int8 as is; smoothed first (SmoothQuant); blockwise (MatMulNBits);
+# per-channel with the most quantization-sensitive MatMuls left fp32
+QUANTIZE_CANDIDATES = ("per_channel", "smooth", "blockwise", "fp32_fallback")
+
+
 @dataclass
 class QuantizeConfig:
     # dynamic_int8: torch, int8 linear layers; onnx_int8: ONNX Runtime; bf16: weights stored and run in bf16
@@ -292,6 +297,13 @@ class QuantizeConfig:
     check_max_examples: int = spec(ge=1)  # validation task examples for the accuracy check
     task_model: bool = spec()  # also export the task-only model (last position, label rows of the head)
     gate: GateConfig | None = spec()  # null: no gate
+    # onnx_int8: null: one model by per_channel / block_size; a list of QUANTIZE_CANDIDATES (per_channel, smooth,
+    # blockwise, fp32_fallback): each built and measured, the fastest within max_accuracy_drop kept
+    candidates: list[str] | None = spec()
+    max_accuracy_drop: float = spec(ge=0.0, le=1.0)  # candidates: validation accuracy below the input's allowed
+    smooth_alpha: float = spec(ge=0.0, le=1.0)  # smooth: s_j = max|x_j|^alpha / max|w_j|^(1 - alpha)
+    smooth_blocks: int = spec(ge=1)  # smooth, fp32_fallback: train LM blocks of the activation statistics
+    fallback_layers: int = spec(ge=1)  # fp32_fallback: how many of the most sensitive MatMuls stay fp32
 
 
 @dataclass
