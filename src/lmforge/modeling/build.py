@@ -148,7 +148,8 @@ def build_layer_student(teacher: PreTrainedModel, teacher_cfg: ModelConfig, cfg:
 def non_embedding_parameters(model: PreTrainedModel) -> int:
     """Parameters outside the token and position embeddings (the tied LM head shares wte)."""
     wpe = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2's positions; rotary models have none
-    bert = getattr(model.base_model, "embeddings", None)  # BERT's positions and token types
-    extra = [bert.position_embeddings, bert.token_type_embeddings] if bert is not None else []
+    encoder = getattr(model.base_model, "embeddings", None)  # an encoder's positions (and BERT's token types)
+    extra = [getattr(encoder, name, None) for name in ("position_embeddings", "token_type_embeddings")] \
+        if encoder is not None else []
     embeddings = {id(p) for m in (model.get_input_embeddings(), wpe, *extra) if m for p in m.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
