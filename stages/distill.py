@@ -40,12 +40,12 @@ def main(params: Params) -> dict[str, Any]:
     # check: a student larger than its teacher fails here, before anything is loaded
     if params.student.init != "pretrained":
         student_shape(params.model, params.student)
-    inputs = [source, paths.PROCESSED] + ([paths.TRANSFER / "examples"] if cached else [])
-    for path in inputs:
-        require(path)  # names the stage to rerun
 
     # load inputs: the teacher and the data
     teacher = load_hf(source)  # safetensors only; a truncated file or a non-finite weight stops here
+    inputs = [source, paths.PROCESSED] + ([paths.TRANSFER / "examples"] if cached else [])
+    for path in inputs[1:]:
+        require(path)  # names the stage to rerun
     label_ids = data.task_meta()["label_token_ids"]
 
     # make the student: from the teacher layers of most influence, fresh, or a pretrained model of any family
