@@ -53,10 +53,10 @@ def main(params: Params) -> dict[str, Any]:
                                                                           data.validation_data(cfg.validation_examples)),
                                               "student": measures.measure(model, val)}}
 
-    # calibrate and apply the method(s), in order
-    blocks = data.calibration_blocks(cfg.calibration.samples, seed, own)
+    # calibrate and apply the method(s), in order (prune=none: no method, the student passes through)
+    blocks = data.calibration_blocks(cfg.calibration.samples, seed, own) if cfg.method else None
     model, metrics["methods"] = methods.apply(model, cfg, blocks)
-    metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())}
+    metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())} if cfg.method else None
     metrics["validation"]["pruned"] = measures.measure(model, val)
 
     # recover: a short KD run from the teacher; masks, sliced shapes and factors stay as they are

@@ -54,7 +54,7 @@ def prune_config(method: list[str], **values) -> PruneConfig:
     recovery = RecoveryConfig(max_steps=0, batch_size=4, grad_accum_steps=1, learning_rate=1e-3, lr_scheduler="cosine",
                               warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=None,
                               eval_steps=None, save_steps=None, eval_max_examples=8, precision="fp32",
-                              attn_implementation="sdpa", optim="adamw_torch", torch_compile=False,
+                              attn_implementation="sdpa", optim="adamw_torch", torch_compile=False, sampling="random",
                               data="mixture", kd=kd,
                               mixture=MixtureConfig(domain=1.0, task=1.0, general=1.0))
     return PruneConfig(method=method, **{**keys, **values}, calibration=CalibrationConfig(samples=8, batch_size=4),
@@ -311,3 +311,20 @@ def test_l1_and_wanda_run_through_apply():
     pruned, _ = methods.apply(model, prune_config(["wanda"], n_m=[2, 4]), tokens())
     assert sparsity_report(pruned)["overall"]["sparsity"] == pytest.approx(0.5, abs=0.001)
     assert math.isfinite(float(logits(pruned, tokens()).sum()))
+
+
+# --------------------------------------------------------------------------------------------------
+# prune=none
+# --------------------------------------------------------------------------------------------------
+
+def test_no_method_passes_the_model_through_unchanged_and_a_key_it_does_not_use_is_refused():
+    """prune=none (`method: []`): the same model, the same logits, no report, no calibration needed; a method key
+    set with it is refused as with any method that does not read it."""
+    model, x = gpt2(), tokens()
+    before = logits(model, x)
+    methods.check(prune_config([]), model)
+    out, report = methods.apply(model, prune_config([]), None)
+    assert out is model and report == {}
+    assert torch.equal(logits(out, x), before)
+    with pytest.raises(ConfigError, match=r"'prune.ffn' is 0.5 but prune.method \[\] does not use it"):
+        methods.check(prune_config([], ffn=0.5), model)

@@ -161,7 +161,7 @@ def test_conf_says_the_step_budget_and_the_gates_once(tmp_path):
     for profile in (ROOT / "conf/profile").glob("*.yaml"):
         raw = yaml.safe_load(profile.read_text())
         for stage in ("pretrain", "finetune", "distill"):
-            restated = set(raw.get(stage) or {}) & {*budget, "precision", "optim", "torch_compile"}
+            restated = set(raw.get(stage) or {}) & {*budget, "precision", "optim", "torch_compile", "sampling"}
             assert not restated, f"{profile.name}: {stage}.{sorted(restated)} belong in conf/steps/"
         gates = [stage for stage in ("distill", "prune", "quantize") if "gate" in (raw.get(stage) or {})]
         assert not gates, f"{profile.name}: {gates[0]}.gate belongs in conf/gates/"
@@ -186,9 +186,9 @@ def test_prune_recovery_is_a_training_run_composed_from_train_base(tmp_path, ove
         max_steps=steps, batch_size=recovery.batch_size, grad_accum_steps=1, learning_rate=recovery.learning_rate,
         lr_scheduler="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=max(1, steps // 10), eval_steps=steps, save_steps=max(1, steps // 2),
-        eval_max_examples=256, precision="auto", attn_implementation="sdpa", optim="adamw_torch",
-        torch_compile=False)
+        eval_max_examples=256, precision="auto", attn_implementation="sdpa", optim="adamw_torch_fused",
+        torch_compile=False, sampling="random")
     explicit = dataclasses.replace(recovery, logging_steps=7, eval_steps=8, save_steps=9).train_config()
     assert (explicit.logging_steps, explicit.eval_steps, explicit.save_steps) == (7, 8, 9)
-    shared = stage_params("prune", path=composed(tmp_path, *overrides, "prune.recovery.optim=adamw_torch_fused"))
-    assert shared.prune.recovery.train_config().optim == "adamw_torch_fused"
+    shared = stage_params("prune", path=composed(tmp_path, *overrides, "prune.recovery.optim=adamw_torch"))
+    assert shared.prune.recovery.train_config().optim == "adamw_torch"

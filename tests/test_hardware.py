@@ -74,7 +74,7 @@ def test_training_arguments_take_the_resolved_precision(tmp_path):
     cfg = TrainConfig(max_steps=2, batch_size=2, grad_accum_steps=1, learning_rate=1e-3, lr_scheduler="cosine",
                       warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, eval_steps=1,
                       save_steps=1, eval_max_examples=4, precision="auto", attn_implementation="sdpa",
-                      optim="adamw_torch", torch_compile=False)
+                      optim="adamw_torch", torch_compile=False, sampling="random")
     with pytest.raises(ValueError, match="resolved precision"):
         training_arguments(cfg, tmp_path, seed=0)
     assert training_arguments(cfg, tmp_path, seed=0, precision="bf16").bf16

@@ -223,7 +223,7 @@ def test_a_non_finite_loss_stops_training_naming_the_stage_and_the_step(tmp_path
                       lr_scheduler="constant_with_warmup", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                       logging_steps=1, eval_steps=6,
                       save_steps=6, eval_max_examples=4, precision="fp32", attn_implementation="sdpa",
-                      optim="adamw_torch", torch_compile=False)
+                      optim="adamw_torch", torch_compile=False, sampling="random")
     with pytest.raises(TrainingDiverged, match=r"^pretrain: non-finite training loss \(nan\) at step 2") as err:
         fit("pretrain", model, tokenizer, blocks, {"general": blocks.select(range(4))}, cfg, 0, "run",
             tmp_path / "models/general")

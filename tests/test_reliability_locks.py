@@ -206,7 +206,7 @@ def test_a_diverging_run_says_so_in_its_metrics_also_when_rerun(tmp_path, monkey
     cfg = TrainConfig(max_steps=8, batch_size=4, grad_accum_steps=1, learning_rate=1.0,
                       lr_scheduler="constant_with_warmup", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                       logging_steps=1, eval_steps=8, save_steps=8, eval_max_examples=4, precision="fp32",
-                      attn_implementation="sdpa", optim="adamw_torch", torch_compile=False)
+                      attn_implementation="sdpa", optim="adamw_torch", torch_compile=False, sampling="random")
     runs = []
     for _ in range(2):  # the second: a rerun of the complete run, which trains nothing
         torch.manual_seed(0)

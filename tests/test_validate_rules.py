@@ -106,7 +106,6 @@ CASES = [
     ("smooth_blocks zero", ONNX, {"quantize.smooth_blocks": 0}, "quantize.smooth_blocks", "0"),
     ("fallback_layers zero", ONNX, {"quantize.fallback_layers": 0}, "quantize.fallback_layers", "0"),
     # prune: the model-independent part of compression/methods.py check
-    ("no prune method", (), {"prune.method": []}, "prune.method", "[]"),
     ("unknown prune method", (), {"prune.method": ["magnitude"]}, "prune.method", "['magnitude']"),
     ("prune method twice", (), {"prune.method": ["structured", "structured"]}, "prune.method",
      "['structured', 'structured']"),

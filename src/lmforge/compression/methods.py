@@ -38,8 +38,9 @@ def _fail(key: str, value: Any, expected: str) -> ConfigError:
 def check(cfg: PruneConfig, model: nn.Module) -> None:
     """Every configuration error of the prune section for this model, before any work."""
     methods = cfg.method
-    if not methods or any(m not in PRUNE_METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise _fail("method", methods, "a list of distinct methods from " + ", ".join(PRUNE_METHODS))
+    if any(m not in PRUNE_METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise _fail("method", methods, "a list of distinct methods from " + ", ".join(PRUNE_METHODS)
+                    + " ([] prunes nothing: prune=none)")
     pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
     for a, b in pairs:
         if a in UNSTRUCTURED and b in UNSTRUCTURED:
@@ -117,8 +118,10 @@ if set(METHODS) != set(PRUNE_METHODS):  # the config schema names the methods va
     raise RuntimeError(f"prune methods {sorted(METHODS)} differ from config.PRUNE_METHODS {sorted(PRUNE_METHODS)}")
 
 
-def apply(model: nn.Module, cfg: PruneConfig, calibration_blocks: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
-    """Run `cfg.method` in order on `model`; returns the (possibly new) model and a report per method."""
+def apply(model: nn.Module, cfg: PruneConfig,
+          calibration_blocks: torch.Tensor | None) -> tuple[nn.Module, dict[str, Any]]:
+    """Run `cfg.method` in order on `model`; returns the (possibly new) model and a report per method (none for
+    `method: []`, which returns the model as it is; the blocks are then not needed)."""
     report: dict[str, Any] = {}
     for method in cfg.method:
         calib = calibrate(model, calibration_blocks, cfg.calibration.batch_size) \

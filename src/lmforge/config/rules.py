@@ -228,8 +228,9 @@ def check_prune(cfg: PruneConfig, source: str | Path = PARAMS_FILE) -> None:
     """The model-independent part of the prune checks: the method list, its combinations and the keys each
     method needs or must leave null. (The N:M width and heads per family need the model: methods.check.)"""
     methods = cfg.method
-    if not methods or any(m not in PRUNE_METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise _invalid(source, "prune.method", methods, "a list of distinct methods from " + ", ".join(PRUNE_METHODS))
+    if any(m not in PRUNE_METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise _invalid(source, "prune.method", methods, "a list of distinct methods from " + ", ".join(PRUNE_METHODS)
+                       + " ([] prunes nothing: prune=none)")
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             if a in UNSTRUCTURED_METHODS and b in UNSTRUCTURED_METHODS:

@@ -134,13 +134,15 @@ class TrainConfig:
     eval_steps: int = spec(ge=1)
     save_steps: int = spec(ge=1)  # checkpoints for resuming a killed run
     eval_max_examples: int = spec(ge=1)  # cap on validation examples per evaluation
-    # Speed switches; precision auto measures, the others default to the CPU's best: SDPA, plain AdamW, eager.
+    # Speed switches; precision auto measures, the others default to the CPU's best: SDPA, fused AdamW, eager.
     # auto: bf16 on a GPU, on a CPU only if a start-up probe measures it faster (lmforge.hardware);
     # bf16 / fp16: autocast mixed precision, forced (fp16 needs a GPU)
     precision: str = spec(choices=("auto", "fp32", "bf16", "fp16"))
     attn_implementation: str = spec(choices=("sdpa", "eager", "flash_attention_2"))
     optim: str = spec(choices=("adamw_torch", "adamw_torch_fused"))
     torch_compile: bool = spec()
+    # random: examples in a shuffled order; group_by_length: batches of examples of similar length (less padding)
+    sampling: str = spec(choices=("random", "group_by_length"))
 
 
 OBJECTIVES = ("clm", "mlm", "mlm_nsp")

@@ -217,6 +217,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, processes:
         fp16=precision == "fp16",
         optim=cfg.optim,
         torch_compile=cfg.torch_compile,
+        train_sampling_strategy=cfg.sampling,
     )
 
 
