@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from dvc_repo import make_repo, run
+from dvc_repo import run
 
 from lmforge.modeling.card import card_metrics, model_card
 
@@ -19,10 +19,10 @@ def outs_of(repo, stage: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_forced_rerun_of_a_complete_training_stage_changes_no_output_and_nothing_downstream(tmp_path):
-    repo = tmp_path / "repo"
-    env = make_repo(repo, ["profile=tiny"])
-    run(["dvc", "repro", "pretrain"], repo, env)
+def test_a_forced_rerun_of_a_complete_training_stage_changes_no_output_and_nothing_downstream(tiny_run_copy):
+    """On the committed tiny run (every stage up to date, the pretrain checkpoint complete): `dvc status` before
+    and after the forced rerun covers every stage downstream of pretrain, not only pretrain's own outputs."""
+    repo, env, _ = tiny_run_copy
     before = outs_of(repo, "pretrain")
     card = (repo / "models/general/README.md").read_bytes()
     status = run(["dvc", "status", "--json"], repo, env)
