@@ -56,7 +56,7 @@ def main(params: Params) -> dict[str, Any]:
     # calibrate and apply the method(s), in order (prune=none: no method, the student passes through)
     blocks = data.calibration_blocks(cfg.calibration.samples, seed, own) if cfg.method else None
     model, metrics["methods"] = methods.apply(model, cfg, blocks)
-    metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())} if cfg.method else None
+    metrics["calibration"] = {"samples": len(blocks), "tokens": int(blocks.numel())} if blocks is not None else None
     metrics["validation"]["pruned"] = measures.measure(model, val)
 
     # recover: a short KD run from the teacher; masks, sliced shapes and factors stay as they are

@@ -89,7 +89,6 @@ def test_the_cpu_is_described_by_its_model_and_simd_flags():
         assert "avx2" in flags
 
 
-
 def test_group_by_length_batches_pad_less_than_random_ones(tmp_path):
     """train.sampling reaches the Trainer's sampler: over one epoch of texts of 4..60 tokens, batches of
     similar length carry a small fraction of the padding of shuffled ones (profile=mpnet_to_minilm's distill:
