@@ -29,11 +29,11 @@ from lmforge.evaluation.evaluate import (
     baselines,
     check_inputs,
     environment,
+    load_split,
     measure_model,
     models_to_measure,
     quantized_method,
     rounded,
-    test_split,
     width,
 )
 from lmforge.modeling.io import load_model
@@ -53,10 +53,11 @@ def main(params: Params) -> dict[str, Any]:
     check_inputs(models)
 
     # load inputs: the test data, the baselines (a broken file fails before minutes of measuring), external sets
-    general = list(test_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
-    domain = list(test_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
-    task = test_split(paths.TASK)
+    general = list(load_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
+    domain = list(load_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
+    task, validation = (load_split(paths.TASK, split) for split in ("test", "validation"))
     task = task.select(range(min(cfg.max_task_examples, len(task))))
+    validation = validation.select(range(min(cfg.max_task_examples, len(validation))))  # what settings are chosen on
     labels = list(task["label"])
     task_meta = read_json(paths.TASK_META)
     label_token_ids = task_meta["label_token_ids"]
@@ -77,10 +78,11 @@ def main(params: Params) -> dict[str, Any]:
         precision = quantized_method(name) or env["precision"]["precision"]
         # the same test items for every model, each read in the model's own tokenizer (a student of another
         # family has its own; the teacher's family reads the stored ids)
-        inputs = in_own_tokenizer(name, task, general, domain, external)
+        inputs = in_own_tokenizer(name, task, validation, general, domain, external)
         with hardware.autocast(precision):
             results[name] = measure_model(name, model, cfg, inputs["general"], inputs["domain"], inputs["prompts"],
-                                          labels, label_token_ids, seed, inputs["external"])
+                                          labels, label_token_ids, seed, inputs["external"],
+                                          (inputs["validation"], list(validation["label"])))
         results[name]["precision"] = precision
         row = results[name]
         if row["accuracy"] is not None:  # an encoder without a task head logged its own line
@@ -99,8 +101,8 @@ def main(params: Params) -> dict[str, Any]:
         "baselines": task_baselines,
         "external": {s.name: s.stats for s in external},
         "data": {"lm_blocks_general": len(general), "lm_blocks_domain": len(domain),
-                 "task_examples": len(labels), "latency_seq_len": cfg.latency_seq_len,
-                 "throughput_batch": cfg.throughput_batch},
+                 "task_examples": len(labels), "validation_examples": len(validation),
+                 "latency_seq_len": cfg.latency_seq_len, "throughput_batch": cfg.throughput_batch},
         "environment": env,
         "gate": dataclasses.asdict(cfg.gate),  # what the report's recommendation must pass
     }
@@ -108,17 +110,19 @@ def main(params: Params) -> dict[str, Any]:
     return metrics
 
 
-def in_own_tokenizer(name: str, task, general: list, domain: list, external: list) -> dict[str, Any]:
-    """The test inputs as model `name` reads them: the stored token ids when its folder's tokenizer is
-    data/processed's (or it has none: the base manifest), else the same texts and blocks encoded again."""
-    prompts = list(task["prompt_ids"])
+def in_own_tokenizer(name: str, task, validation, general: list, domain: list, external: list) -> dict[str, Any]:
+    """The test (and validation) inputs as model `name` reads them: the stored token ids when its folder's
+    tokenizer is data/processed's (or it has none: the base manifest), else the same texts and blocks encoded
+    again."""
     folder = paths.model_dir(name)
     own = own_tokenizer(AutoTokenizer.from_pretrained(folder)) if (folder / "tokenizer_config.json").is_file() \
         else None
     if own is None:
-        return {"prompts": prompts, "general": general, "domain": domain, "external": external}
+        return {"prompts": list(task["prompt_ids"]), "validation": list(validation["prompt_ids"]),
+                "general": general, "domain": domain, "external": external}
     log.info("evaluate %s: its own tokenizer (%s): the test texts encoded again", name, type(own).__name__)
-    return {"prompts": encode_for(own, list(task["text"])), "general": retokenize_blocks(general, own),
+    return {"prompts": encode_for(own, list(task["text"])), "validation": encode_for(own, list(validation["text"])),
+            "general": retokenize_blocks(general, own),
             "domain": retokenize_blocks(domain, own),
             "external": [dataclasses.replace(s, prompts=encode_for(own, s.texts)) for s in external]}
 

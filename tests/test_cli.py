@@ -224,6 +224,7 @@ def test_info_reports_format_sparsity_and_the_evaluate_metrics(tiny_run, moved_q
     assert evaluated["parameters"] < models["student"]["parameters"]
     assert fields["sparsity"] == "0.0%"
     assert fields["evaluate: accuracy"] == f"{evaluated['accuracy']:.3f}"
+    assert fields["evaluate: validation_accuracy"] == f"{evaluated['validation_accuracy']:.3f}"
     assert fields["non-zero parameters"] == f"{evaluated['nonzero_parameters']:,}"
 
     moved = in_process(capsys, monkeypatch, moved_quantized.parent, "info", str(moved_quantized))

@@ -275,10 +275,11 @@ def test_lowrank_artifact_reloads_with_the_same_logits_and_stays_factored_throug
     (["l1_unstructured", "wanda"], {"amount": 0.5}, "l1_unstructured and wanda cannot be combined"),
     (["lowrank", "structured"], {"ffn": 0.5, "rank_ratio": 0.5, "activation_aware": True},
      "structured must come before lowrank"),
-    (["wanda"], {"amount": 0.5, "ffn": 0.5}, "'prune.ffn' is 0.5 but prune.method ['wanda'] does not use it"),
-    (["wanda"], {"amount": 0.5, "n_m": [2, 4]}, "'prune.amount' (0.5) and 'prune.n_m' ([2, 4]) both set"),
+    (["wanda"], {"amount": 0.5, "ffn": 0.5}, "'prune.ffn': 0.5 (expected null: prune.method ['wanda'] does not use it"),
+    (["wanda"], {"amount": 0.5, "n_m": [2, 4]}, "'prune.amount': 0.5 (expected null with prune.n_m=[2, 4]"),
     (["wanda"], {"n_m": [2, 5]}, "M dividing every layer's input width"),
-    (["lowrank"], {"rank_ratio": 0.5, "energy": 0.9, "activation_aware": True}, "set exactly one of"),
+    (["lowrank"], {"rank_ratio": 0.5, "energy": 0.9, "activation_aware": True},
+     "needs exactly one of prune.rank_ratio and prune.energy"),
     (["structured"], {"ffn": 0.0, "layers": 0.0}, "nothing to remove"),
     (["pruning"], {}, "invalid value for 'prune.method'"),
 ])
@@ -326,5 +327,5 @@ def test_no_method_passes_the_model_through_unchanged_and_a_key_it_does_not_use_
     out, report = methods.apply(model, prune_config([]), None)
     assert out is model and report == {}
     assert torch.equal(logits(out, x), before)
-    with pytest.raises(ConfigError, match=r"'prune.ffn' is 0.5 but prune.method \[\] does not use it"):
+    with pytest.raises(ConfigError, match=r"'prune.ffn': 0.5 \(expected null: prune.method \[\] does not use it"):
         methods.check(prune_config([], ffn=0.5), model)

@@ -158,7 +158,7 @@ def test_conf_says_the_step_budget_and_the_gates_once(tmp_path):
               "eval_max_examples")
     base = yaml.safe_load((ROOT / "conf/train/base.yaml").read_text())
     assert all(base[key] == "???" for key in budget)
-    for profile in (ROOT / "conf/profile").glob("*.yaml"):
+    for profile in (ROOT / "conf/profile").rglob("*.yaml"):  # with the parts profiles share (conf/profile/shared)
         raw = yaml.safe_load(profile.read_text())
         for stage in ("pretrain", "finetune", "distill"):
             restated = set(raw.get(stage) or {}) & {*budget, "precision", "optim", "torch_compile", "sampling"}

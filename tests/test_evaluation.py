@@ -170,7 +170,9 @@ def layout(tmp_path, monkeypatch):
     labels = [i % 2 for i in range(40)]
     task = Dataset.from_dict({"text": [f"review {i}" for i in range(40)], "label": labels,
                               "prompt_ids": prompts})
-    DatasetDict({"train": task, "validation": task, "test": task}).save_to_disk(str(paths.TASK))
+    # validation: the test items with every label flipped, so that a model's validation accuracy is 1 - its test one
+    flipped = task.map(lambda row: {"label": 1 - row["label"]})
+    DatasetDict({"train": task, "validation": flipped, "test": task}).save_to_disk(str(paths.TASK))
     paths.TASK_META.write_text(json.dumps({"prompt": " Sentiment:", "label_words": [" negative", " positive"],
                                            "label_token_ids": LABEL_TOKENS, "block_size": 16}))
     for name, n_layer, seed in (("general", 2, 0), ("teacher", 2, 1), ("student", 1, 2)):
@@ -209,7 +211,7 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
     direct = metrics.perplexity(tiny_gpt2(2, 1), blocks, batch_size=8)
     assert teacher["ppl_general"] == pytest.approx(direct, abs=1e-3)
     assert results["data"] == {"lm_blocks_general": 8, "lm_blocks_domain": 8, "task_examples": 32,
-                               "latency_seq_len": 16, "throughput_batch": 4}
+                               "validation_examples": 32, "latency_seq_len": 16, "throughput_batch": 4}
     assert results["baselines"] == {"bag_of_words": {"accuracy": 0.61}, "majority": {"accuracy": 0.5}}
     assert results["environment"]["threads"] == 2
     assert results["environment"]["precision"]["precision"] == "fp32"
@@ -217,6 +219,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
     for name, row in results["models"].items():
         lo, hi = row["accuracy_ci95"]
         assert 0 <= lo <= row["accuracy"] <= hi <= 1
+        # the validation split is measured on its own items (here: the test items, labels flipped)
+        assert row["validation_accuracy"] == pytest.approx(1 - row["accuracy"], abs=2e-4)
         if name == "teacher":
             assert "vs_teacher" not in row
             continue
@@ -243,7 +247,8 @@ def test_evaluate_stage_writes_metrics_plots_and_report(layout):
     summary = (layout / "reports" / "summary.md").read_text()
     for text in ("| model | params |", "| pruned", "bag-of-words baseline", "majority class",
                  "unstructured sparsity", "## Recommended model", "| Pareto |", "## Environment",
-                 "| accuracy [95% interval] | vs teacher |", "| (reference) |", "McNemar"):
+                 "| accuracy [95% interval] | validation | vs teacher |", "| (reference) |", "McNemar",
+                 "Validation: the accuracy on 32 validation examples"):
         assert text in summary
     assert (layout / "reports" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((layout / "reports").glob(".*"))  # no temporary files left behind

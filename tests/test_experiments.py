@@ -23,14 +23,15 @@ def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run_copy):
     files = {name for data in shown.values() for name in data["data"]}
     assert files == {HEADLINE}
     headline = json.loads((repo / HEADLINE).read_text())
-    assert set(headline["quantized"]) == {"accuracy", "ppl_general", "ppl_domain", "mb", "p50_ms", "speedup"}
+    assert set(headline["quantized"]) == {"accuracy", "validation_accuracy", "ppl_general", "ppl_domain", "mb",
+                                          "p50_ms", "speedup"}
     assert headline["recommended"] in ("teacher", "student", "pruned", "quantized")
     # the detailed records are still there for whoever reads them
     assert "sources" in json.loads((repo / "metrics/preprocess.json").read_text())
     columns = run(["dvc", "exp", "show", "--csv"], repo, env).splitlines()[0].split(",")
-    numbers = {"accuracy", "ppl_general", "ppl_domain", "mb", "p50_ms", "speedup"}
+    numbers = {"accuracy", "validation_accuracy", "ppl_general", "ppl_domain", "mb", "p50_ms", "speedup"}
     metric_columns = [c for c in columns if c == "recommended" or c.rsplit(".", 1)[-1] in numbers]
-    assert len(metric_columns) == 6 * 5 + 2 + 1  # was 230 metric columns (384 in all) before headline.json
+    assert len(metric_columns) == 7 * 5 + 2 + 1  # was 230 metric columns (384 in all) before headline.json
 
 
 def test_a_queued_sweep_runs_both_experiments(tiny_run_copy):

@@ -151,8 +151,9 @@ def info(args: argparse.Namespace) -> None:
     if folder.resolve().parent.name == "models" and evaluate_json.is_file():
         measured = read_json(evaluate_json).get("models", {}).get(folder.resolve().name)
         if measured:
-            shown = {"accuracy": "{:.3f}", "ppl_general": "{:.2f}", "ppl_domain": "{:.2f}",
-                     "latency_p50_ms": "{:.2f} ms", "speedup_p50": "{:.2f}x", "tokens_per_s": "{:,.0f}"}
+            shown = {"accuracy": "{:.3f}", "validation_accuracy": "{:.3f}", "ppl_general": "{:.2f}",
+                     "ppl_domain": "{:.2f}", "latency_p50_ms": "{:.2f} ms", "speedup_p50": "{:.2f}x",
+                     "tokens_per_s": "{:,.0f}"}
             rows += [(f"evaluate: {k}", fmt.format(measured[k])) for k, fmt in shown.items()
                      if measured.get(k) is not None]
     elif card.get("metrics"):

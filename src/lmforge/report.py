@@ -90,7 +90,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The DVC metrics: per model the numbers compared across experiments, and the recommended model."""
     out: dict[str, Any] = {}
     for name, r in results["models"].items():
-        out[name] = {"accuracy": r["accuracy"], "ppl_general": r["ppl_general"], "ppl_domain": r["ppl_domain"],
+        out[name] = {"accuracy": r["accuracy"], "validation_accuracy": r.get("validation_accuracy"),
+                     "ppl_general": r["ppl_general"], "ppl_domain": r["ppl_domain"],
                      "mb": round(r["bytes_on_disk"] / MB, 4), "p50_ms": r["latency_p50_ms"],
                      "speedup": r["speedup_p50"]}
     for name, b in results["baselines"].items():
@@ -126,7 +127,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
                                     results["data"])
     external = results.get("external", {})
     header = ["model", "params", "non-zero", "MB", "ppl general", "ppl domain", "accuracy [95% interval]",
-              "vs teacher", "retention", "p50 ms", "speedup", "tokens/s", "Pareto"]
+              "validation", "vs teacher", "retention", "p50 ms", "speedup", "tokens/s", "Pareto"]
     header += [f"accuracy {name}" for name in external]
     fronts, rec = results["pareto"], results["recommendation"]
     lines = ["# Evaluation summary", "",
@@ -136,7 +137,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
         cells = [name, f"{r['parameters']:,}", f"{r['nonzero_parameters']:,}",
                  f"{r['bytes_on_disk'] / MB:.3f}", format_value(r["ppl_general"], ppl),
                  format_value(r["ppl_domain"], ppl),
-                 format_accuracy(r["accuracy"], r.get("accuracy_ci95")), vs_teacher_cell(name, r),
+                 format_accuracy(r["accuracy"], r.get("accuracy_ci95")),
+                 format_value(r.get("validation_accuracy"), "{:.3f}"), vs_teacher_cell(name, r),
                  format_value(r["accuracy_retention"], "{:.2f}"),
                  format_value(r["latency_p50_ms"], "{:.2f}"), format_value(r["speedup_p50"], "{:.2f}x"),
                  format_value(r["tokens_per_s"], "{:,.0f}"),
@@ -147,7 +149,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([label] + cells[1:]) + " |")
     for name, b in baselines.items():
         label = {"bag_of_words": "bag-of-words baseline", "majority": "majority class"}.get(name, name)
-        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (6 + len(external)))
+        lines.append("| " + " | ".join([label] + ["-"] * 5 + [f"{b['accuracy']:.3f}"] + ["-"] * (7 + len(external)))
                      + " |")
     lines += ["",
               "Retention is accuracy relative to the teacher; speedup is the teacher's p50 latency over the "
@@ -155,9 +157,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
               f"{data['lm_blocks_general']} general and {data['lm_blocks_domain']} domain test blocks, "
               f"accuracy on {data['task_examples']} test examples, with its 95% bootstrap interval "
               f"({statistics.RESAMPLES} resamples of the test items: how far the accuracy could move on another "
-              "test sample of this size). vs teacher: the accuracy difference from the teacher in points, and the "
-              "exact McNemar p of the paired test on the same items (the chance of a difference at least this "
-              f"large if the two were equally accurate); within noise when p >= {statistics.ALPHA:g}. "
+              "test sample of this size). Validation: the accuracy on "
+              f"{data.get('validation_examples', 0)} validation examples, the split to choose settings on (the "
+              "test accuracy is the one to report, not to tune). vs teacher: the accuracy difference from the "
+              "teacher in points, and the exact McNemar p of the paired test on the same items (the chance of a "
+              "difference at least this large if the two were equally accurate); within noise when p >= "
+              f"{statistics.ALPHA:g}. "
               "Latency is one forward pass over "
               f"{data['latency_seq_len']} tokens at batch 1, throughput at batch {data['throughput_batch']}. "
               "Pareto: on the frontier of accuracy against size on disk and/or p50 latency (no other model is at "

@@ -20,75 +20,30 @@ from lmforge.compression import wanda as wanda_method
 from lmforge.compression.calibration import Calibration, calibrate
 from lmforge.compression.linear import linear_layers
 from lmforge.config import PRUNE_METHODS, PruneConfig
+from lmforge.config.rules import check_prune
 from lmforge.errors import ConfigError
-
-UNSTRUCTURED = ("l1_unstructured", "wanda")
-KEYS = {"l1_unstructured": ("amount",), "wanda": ("amount", "n_m"), "structured": ("heads", "ffn", "layers"),
-        "lowrank": ("rank_ratio", "energy", "activation_aware")}
 
 
 def needs_calibration(cfg: PruneConfig, method: str) -> bool:
     return method in ("wanda", "structured") or (method == "lowrank" and bool(cfg.activation_aware))
 
 
-def _fail(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"invalid value for 'prune.{key}': {value!r} (expected {expected})")
-
-
 def check(cfg: PruneConfig, model: nn.Module) -> None:
-    """Every configuration error of the prune section for this model, before any work."""
-    methods = cfg.method
-    if any(m not in PRUNE_METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise _fail("method", methods, "a list of distinct methods from " + ", ".join(PRUNE_METHODS)
-                    + " ([] prunes nothing: prune=none)")
-    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
-    for a, b in pairs:
-        if a in UNSTRUCTURED and b in UNSTRUCTURED:
-            raise ConfigError(f"prune.method: {a} and {b} cannot be combined: both zero weights of the same "
-                              "layers; choose one")
-        if {a, b} & set(UNSTRUCTURED) and "lowrank" in (a, b):
-            other = a if a != "lowrank" else b
-            raise ConfigError(f"prune.method: {other} and lowrank cannot be combined: the SVD factors of a "
-                              "sparse matrix are dense, and masks on factors are not the method's masks")
-        if b == "structured":
-            raise ConfigError(f"prune.method: structured must come before {a} ([structured, {a}]): it rebuilds "
-                              f"the model from dense weights, so it would undo {a}")
-    used = {key for m in methods for key in KEYS[m]}
-    for key in sorted({k for keys in KEYS.values() for k in keys} - used):
-        if getattr(cfg, key) is not None:
-            raise ConfigError(f"'prune.{key}' is {getattr(cfg, key)!r} but prune.method {methods} does not use "
-                              "it (set it to null, or select the method that does)")
-    if set(methods) & set(UNSTRUCTURED):
-        _check_unstructured(cfg, methods, model)
-    if "structured" in methods:
-        if not any((cfg.heads, cfg.ffn, cfg.layers)):
-            raise ConfigError("prune.method structured: prune.heads, prune.ffn and prune.layers are all 0 or "
-                              "null: nothing to remove")
-        structured_method.family(model.config.model_type, cfg.heads)
-    if "lowrank" in methods:
-        if (cfg.rank_ratio is None) == (cfg.energy is None):
-            raise ConfigError(f"prune.method lowrank: set exactly one of 'prune.rank_ratio' ({cfg.rank_ratio!r}) "
-                              f"and 'prune.energy' ({cfg.energy!r})")
-        if cfg.activation_aware is None:
-            raise _fail("activation_aware", None, "true or false with prune.method lowrank")
-
-
-def _check_unstructured(cfg: PruneConfig, methods: list[str], model: nn.Module) -> None:
-    if "wanda" in methods and cfg.n_m is not None:
-        if cfg.amount is not None:
-            raise ConfigError(f"prune.method wanda: 'prune.amount' ({cfg.amount}) and 'prune.n_m' ({cfg.n_m}) "
-                              "both set; N:M fixes the sparsity at 1 - N/M, set prune.amount to null")
-        if len(cfg.n_m) != 2 or not 0 < cfg.n_m[0] < cfg.n_m[1]:
-            raise _fail("n_m", cfg.n_m, "[N, M] with 0 < N < M, e.g. [2, 4]")
+    """Every configuration error of the prune section for this model, before any work: the method list, its
+    combinations and keys by the config rule `validate` runs (lmforge.config.rules.check_prune), then what needs
+    the model: an N:M pattern's M dividing every layer's input width, the heads structured pruning can express."""
+    check_prune(cfg)
+    if "wanda" in cfg.method and cfg.n_m is not None:
         m = cfg.n_m[1]
         widths = {name: getattr(mod, "nx", None) or mod.in_features
                   for name, mod in linear_layers(model, blocks_only=True).items()}
         bad = {name: w for name, w in widths.items() if w % m}
         if bad:
             name, width = next(iter(bad.items()))
-            raise _fail("n_m", cfg.n_m, f"M dividing every layer's input width; {name} has {width} inputs")
-    elif cfg.amount is None:
-        raise _fail("amount", None, f"a fraction > 0 and < 1 with prune.method {methods}")
+            raise ConfigError(f"invalid value for 'prune.n_m': {cfg.n_m!r} (expected M dividing every layer's "
+                              f"input width; {name} has {width} inputs)")
+    if "structured" in cfg.method:
+        structured_method.family(model.config.model_type, cfg.heads)
 
 
 def _l1_unstructured(model: nn.Module, cfg: PruneConfig, calib: Calibration | None) -> tuple[nn.Module, dict]:

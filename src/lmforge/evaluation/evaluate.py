@@ -39,9 +39,11 @@ EXTERNAL_CORRECT = "external_correct"
 
 
 def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
-                  labels: list, label_token_ids: list[int], seed: int, external: list) -> dict[str, Any]:
-    """One row of the report: size, perplexities, accuracy (and on each external set), latency, throughput;
-    and the per-item correctness behind each accuracy (CORRECT, EXTERNAL_CORRECT) for add_statistics."""
+                  labels: list, label_token_ids: list[int], seed: int, external: list,
+                  validation: tuple[list, list] | None = None) -> dict[str, Any]:
+    """One row of the report: size, perplexities, accuracy (and on each external set, and on the task's
+    validation split: `validation` = (prompts, labels), the split settings are chosen on), latency, throughput;
+    and the per-item correctness behind each test accuracy (CORRECT, EXTERNAL_CORRECT) for add_statistics."""
     model_config = read_json(paths.model_dir(name) / "config.json")
     _check_seq_len(name, model_config, [general, domain, prompts, *(s.prompts for s in external)],
                    cfg.latency_seq_len)
@@ -73,6 +75,8 @@ def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, dom
         return row
     row[CORRECT] = metrics.task_correct(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
     row["accuracy"] = sum(row[CORRECT]) / len(row[CORRECT])
+    if validation is not None:
+        row["validation_accuracy"] = metrics.task_accuracy(model, *validation, label_token_ids, EVAL_BATCH_SIZE)
     if external:
         row[EXTERNAL_CORRECT] = {s.name: metrics.task_correct(model, s.prompts, s.labels, label_token_ids,
                                                               EVAL_BATCH_SIZE) for s in external}
@@ -132,14 +136,14 @@ def check_inputs(models: list[str]) -> None:
         raise DataError("evaluate needs inputs that are missing: " + "; ".join(missing))
 
 
-def test_split(path: Path) -> datasets.Dataset:
+def load_split(path: Path, split: str = "test") -> datasets.Dataset:
     try:
         splits = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
         raise missing_input(path, f"cannot be loaded as a dataset: {exc}") from exc
-    if not isinstance(splits, datasets.DatasetDict) or "test" not in splits or len(splits["test"]) == 0:
-        raise missing_input(path, "expected a DatasetDict with a non-empty 'test' split")
-    return splits["test"]
+    if not isinstance(splits, datasets.DatasetDict) or split not in splits or len(splits[split]) == 0:
+        raise missing_input(path, f"expected a DatasetDict with a non-empty '{split}' split")
+    return splits[split]
 
 
 def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]]], latency_len: int) -> None:
