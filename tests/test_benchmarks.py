@@ -120,6 +120,10 @@ def test_chain_speed_measures_every_method_against_the_teacher(tmp_path):
         if name != "best_teacher":  # nothing is measured faster against the best teacher than against fp32's
             assert row["speedup_vs_best_teacher"] <= row["speedup_vs_teacher"] + 1e-9, name
     assert chain["goals"]["chain_speedup_batch1"]["against"] == best
+    # the task-only student is also compared with the teacher asked for the label scores only
+    like = chain["goals"]["task_chain_speedup_like_for_like"]
+    assert like["against"] in ("teacher torch fp32 task-only", "teacher torch bf16 task-only")
+    assert positive(like["value"]) and positive(chain["batch_1"][like["against"]]["ms"]["median"])
     assert chain["bytes_ratio_vs_teacher"]["student onnx_int8"] < chain["bytes_ratio_vs_teacher"]["student torch fp32"]
     assert set(chain["goals"]["met"]) == {"ort_int8_over_torch_fp32_same_model", "chain_speedup_batch1",
                                           "chain_bytes_ratio", "task_over_full"}
