@@ -53,11 +53,10 @@ def main(params: Params) -> dict[str, Any]:
     check_inputs(models)
 
     # load inputs: the test data, the baselines (a broken file fails before minutes of measuring), external sets
-    general = list(load_split(paths.LM_GENERAL)["input_ids"])[: cfg.max_lm_blocks]
-    domain = list(load_split(paths.LM_DOMAIN)["input_ids"])[: cfg.max_lm_blocks]
-    task, validation = (load_split(paths.TASK, split) for split in ("test", "validation"))
-    task = task.select(range(min(cfg.max_task_examples, len(task))))
-    validation = validation.select(range(min(cfg.max_task_examples, len(validation))))  # what settings are chosen on
+    general = list(load_split(paths.LM_GENERAL, limit=cfg.max_lm_blocks)["input_ids"])
+    domain = list(load_split(paths.LM_DOMAIN, limit=cfg.max_lm_blocks)["input_ids"])
+    task = load_split(paths.TASK, limit=cfg.max_task_examples)
+    validation = load_split(paths.TASK, "validation", limit=cfg.max_task_examples)  # what settings are chosen on
     labels = list(task["label"])
     task_meta = read_json(paths.TASK_META)
     label_token_ids = task_meta["label_token_ids"]

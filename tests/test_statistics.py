@@ -163,7 +163,7 @@ def synthetic_results() -> dict:
     }
     results = {"models": models, "baselines": {}, "environment": {"threads": 2},
                "data": {"lm_blocks_general": 64, "lm_blocks_domain": 64, "task_examples": 564,
-                        "latency_seq_len": 64, "throughput_batch": 16},
+                        "validation_examples": 558, "latency_seq_len": 64, "throughput_batch": 16},
                "gate": {"max_accuracy_drop": 0.02, "max_ppl_ratio": 1.1}}
     results["pareto"] = {"size": report.pareto_front(models, "bytes_on_disk"),
                          "latency": report.pareto_front(models, "latency_p50_ms")}

@@ -158,7 +158,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
               f"accuracy on {data['task_examples']} test examples, with its 95% bootstrap interval "
               f"({statistics.RESAMPLES} resamples of the test items: how far the accuracy could move on another "
               "test sample of this size). Validation: the accuracy on "
-              f"{data.get('validation_examples', 0)} validation examples, the split to choose settings on (the "
+              f"{data['validation_examples']} validation examples, the split to choose settings on (the "
               "test accuracy is the one to report, not to tune). vs teacher: the accuracy difference from the "
               "teacher in points, and the exact McNemar p of the paired test on the same items (the chance of a "
               "difference at least this large if the two were equally accurate); within noise when p >= "

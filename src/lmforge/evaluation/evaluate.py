@@ -40,7 +40,7 @@ EXTERNAL_CORRECT = "external_correct"
 
 def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, domain: list, prompts: list,
                   labels: list, label_token_ids: list[int], seed: int, external: list,
-                  validation: tuple[list, list] | None = None) -> dict[str, Any]:
+                  validation: tuple[list, list]) -> dict[str, Any]:
     """One row of the report: size, perplexities, accuracy (and on each external set, and on the task's
     validation split: `validation` = (prompts, labels), the split settings are chosen on), latency, throughput;
     and the per-item correctness behind each test accuracy (CORRECT, EXTERNAL_CORRECT) for add_statistics."""
@@ -75,8 +75,7 @@ def measure_model(name: str, model: Any, cfg: EvaluateConfig, general: list, dom
         return row
     row[CORRECT] = metrics.task_correct(model, prompts, labels, label_token_ids, EVAL_BATCH_SIZE)
     row["accuracy"] = sum(row[CORRECT]) / len(row[CORRECT])
-    if validation is not None:
-        row["validation_accuracy"] = metrics.task_accuracy(model, *validation, label_token_ids, EVAL_BATCH_SIZE)
+    row["validation_accuracy"] = metrics.task_accuracy(model, *validation, label_token_ids, EVAL_BATCH_SIZE)
     if external:
         row[EXTERNAL_CORRECT] = {s.name: metrics.task_correct(model, s.prompts, s.labels, label_token_ids,
                                                               EVAL_BATCH_SIZE) for s in external}
@@ -136,14 +135,16 @@ def check_inputs(models: list[str]) -> None:
         raise DataError("evaluate needs inputs that are missing: " + "; ".join(missing))
 
 
-def load_split(path: Path, split: str = "test") -> datasets.Dataset:
+def load_split(path: Path, split: str = "test", limit: int | None = None) -> datasets.Dataset:
+    """One split of a processed DatasetDict (its first `limit` rows when given); a missing or empty one fails."""
     try:
         splits = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
         raise missing_input(path, f"cannot be loaded as a dataset: {exc}") from exc
     if not isinstance(splits, datasets.DatasetDict) or split not in splits or len(splits[split]) == 0:
         raise missing_input(path, f"expected a DatasetDict with a non-empty '{split}' split")
-    return splits[split]
+    rows = splits[split]
+    return rows if limit is None else rows.select(range(min(limit, len(rows))))
 
 
 def _check_seq_len(name: str, model_config: dict, sequences: list[list[list[int]]], latency_len: int) -> None:
