@@ -36,8 +36,10 @@ def test_the_only_dvc_metrics_are_the_headline_numbers(tiny_run_copy):
 
 def test_a_queued_sweep_runs_both_experiments(tiny_run_copy):
     repo, env, _ = tiny_run_copy
-    # -S profile=tiny: DVC recomposes params.yaml from conf/ with only the overrides given
-    out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "prune.ffn=0.25,0.75"], repo, env)
+    # a sweep of one quantize parameter (int8 in blocks of 16 or 32 input channels, each block its own scale):
+    # each experiment reruns validate, quantize and evaluate only. -S profile=tiny: DVC recomposes params.yaml
+    # from conf/ with only the overrides given
+    out = run(["dvc", "exp", "run", "--queue", "-S", "profile=tiny", "-S", "quantize.block_size=16,32"], repo, env)
     assert out.count("Queued experiment") == 2
     run(["dvc", "queue", "start"], repo, env)
     try:
@@ -58,12 +60,13 @@ def test_a_queued_sweep_runs_both_experiments(tiny_run_copy):
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
-                ffn = data["params"]["params.yaml"]["data"]["prune"]["ffn"]
-                experiments[ffn] = data["metrics"][HEADLINE]["data"]
-    assert set(experiments) == {0.25, 0.75}
-    light, heavy = experiments[0.25], experiments[0.75]
-    assert light["pruned"]["mb"] > heavy["pruned"]["mb"]  # structured pruning: fewer FFN channels, a smaller file
-    assert light["pruned"]["ppl_domain"] != heavy["pruned"]["ppl_domain"]
-    # upstream of prune nothing reran: the teacher's numbers other than its latency are the same
-    assert light["teacher"]["accuracy"] == heavy["teacher"]["accuracy"]
-    assert light["teacher"]["ppl_domain"] == heavy["teacher"]["ppl_domain"]
+                block = data["params"]["params.yaml"]["data"]["quantize"]["block_size"]
+                experiments[block] = data["metrics"][HEADLINE]["data"]
+    assert set(experiments) == {16, 32}
+    fine, coarse = experiments[16], experiments[32]
+    assert fine["quantized"]["mb"] > coarse["quantized"]["mb"]  # twice the scales
+    assert fine["quantized"]["ppl_domain"] != coarse["quantized"]["ppl_domain"]
+    # upstream of quantize nothing reran: the other models' numbers other than their latency are the same
+    for name in ("teacher", "pruned"):
+        for key in ("accuracy", "ppl_domain", "mb"):
+            assert fine[name][key] == coarse[name][key], (name, key)

