@@ -19,11 +19,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # number of tests, which left one-test modules of minutes for the end). The first group to need the session's
 # tiny run builds it (80 of test_experiments.py's 220 s); a group not listed counts as 0 s and runs after these.
 GROUP_SECONDS = {
-    "test_experiments.py": 220,
+    "test_experiments.py": 260,
     "test_fsdp.py": 150,
     "test_transfer.py": 150,
     "test_reliability_locks.py": 100,
-    "test_remote.py": 90,
     "test_reliability_stable_outputs.py": 60,
     "test_pretrained_smollm2.py": 200,
     "test_benchmarks.py": 115,

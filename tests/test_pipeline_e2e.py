@@ -1,7 +1,7 @@
 """The whole pipeline under DVC, on the smallest profiles, in a temporary copy of the repository.
 
 `dvc repro` runs every stage (the session's `tiny_run`); a second `dvc repro` runs none (an experiment on one
-quantize parameter reruns quantize and evaluate only: tests/test_remote.py). The tiny encoder (BERT, MLM + NSP,
+quantize parameter reruns quantize and evaluate only: tests/test_experiments.py). The tiny encoder (BERT, MLM + NSP,
 a classifier head, hidden-state KD) runs the same DAG.
 """
 
