@@ -13,35 +13,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per worker (before torch is imported): two workers on two cores, not four threads
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Seconds each group took in one process (`--durations=0`, 2026-12-07, on the 2-core development machine with
-# about one other job running; only their proportions matter). The groups go to the workers longest first, so
-# that the last to start are short and both workers finish at about the same time (xdist's own order is by
-# number of tests, which left one-test modules of minutes for the end). The first group to need the session's
+# Seconds each group took with both workers busy (`--durations=0`, 2026-12-08, on the 2-core development machine;
+# only their proportions matter). The groups go to the workers longest first, so that the last to start are short
+# and both workers finish at about the same time (xdist's own order is by number of tests, which left one-test
+# modules of minutes for the end). The first group to need the session's
 # tiny run builds it (80 of test_experiments.py's 220 s); a group not listed counts as 0 s and runs after these.
 GROUP_SECONDS = {
-    "test_experiments.py": 260,
-    "test_fsdp.py": 150,
-    "test_transfer.py": 150,
-    "test_reliability_locks.py": 100,
-    "test_reliability_stable_outputs.py": 60,
-    "test_pretrained_smollm2.py": 200,
-    "test_benchmarks.py": 115,
-    "test_pipeline_e2e.py::encoder": 95,
-    "test_resume.py": 75,
-    "test_distributed.py": 70,
-    "test_reliability.py": 62,
+    "test_experiments.py": 220,
+    "test_fsdp.py": 160,
+    "test_pretrained_smollm2.py": 140,
+    "test_transfer.py": 110,
+    "test_benchmarks.py": 100,
+    "test_pipeline_e2e.py::encoder": 90,
+    "test_reliability.py": 80,
+    "test_quantize_stage.py": 65,
     "test_prune_stage.py": 60,
-    "test_gpu_profile.py": 30,
-    "test_pipeline_e2e.py": 30,
-    "test_stage_errors.py": 30,
-    "test_onnx_int8.py": 30,
-    "test_data_preprocess.py": 25,
-    "test_quantize_stage.py": 20,
-    "test_encoder_compression.py": 18,
-    "test_cli.py": 10,
-    "test_evaluation.py": 10,
-    "test_encoders.py": 7,
-    "test_training.py": 5,
+    "test_distributed.py": 60,
+    "test_resume.py": 45,
+    "test_onnx_int8.py": 38,
+    "test_data_preprocess.py": 32,
+    "test_int8_choice.py": 31,
+    "test_stage_errors.py": 29,
+    "test_reliability_stable_outputs.py": 28,
+    "test_reliability_locks.py": 26,
+    "test_encoder_compression.py": 26,
+    "test_evaluation.py": 16,
+    "test_config.py": 12,
+    "test_gpu_profile.py": 11,
+    "test_cli.py": 6,
+    "test_pipeline_e2e.py": 5,
 }
 
 
