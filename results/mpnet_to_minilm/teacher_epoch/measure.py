@@ -1,5 +1,5 @@
 """Accuracy of models/teacher (a sequence classifier) on the task's validation and test splits, run in a
-pipeline folder after the transfer stage: python teacher_epoch/measure.py (a quick check, not evaluate)."""
+pipeline folder after the transfer stage: python <path to this file> (a quick check, not evaluate)."""
 import torch
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
