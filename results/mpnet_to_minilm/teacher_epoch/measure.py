@@ -1,17 +1,18 @@
-"""Accuracy of models/teacher (a sequence classifier) on the task's validation and test splits, run in a
-pipeline folder after the transfer stage: python <path to this file> (a quick check, not evaluate)."""
-import torch
-from datasets import load_from_disk
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-tok = AutoTokenizer.from_pretrained("models/teacher")
-model = AutoModelForSequenceClassification.from_pretrained("models/teacher").eval()
-task = load_from_disk("data/processed/task")
+"""Test and validation accuracy of models/teacher as evaluate measures it (the stored prompt ids, the whole
+splits, bf16 autocast as `precision: auto` picks on an AMX CPU), without the other models of the chain. Run in a
+pipeline folder after the transfer stage: PYTHONPATH=src python <path to this file>."""
+
+from lmforge import hardware, paths
+from lmforge.artifacts import read_json
+from lmforge.evaluation import metrics
+from lmforge.evaluation.evaluate import EVAL_BATCH_SIZE, load_split
+from lmforge.modeling.io import load_model
+
+model = load_model(paths.model_dir("teacher"), threads=2)
+label_token_ids = read_json(paths.TASK_META)["label_token_ids"]
 for split in ("validation", "test"):
-    d = task[split]; right = 0
-    for i in range(0, len(d), 64):
-        b = d[i:i + 64]
-        enc = tok(b["text"], padding=True, truncation=True, max_length=64, return_tensors="pt")
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            pred = model(**enc).logits.argmax(-1)
-        right += (pred == torch.tensor(b["label"])).sum().item()
-    print(split, len(d), round(right / len(d), 4))
+    rows = load_split(paths.TASK, split)
+    with hardware.autocast("bf16"):
+        accuracy = metrics.task_accuracy(model, list(rows["prompt_ids"]), list(rows["label"]), label_token_ids,
+                                         EVAL_BATCH_SIZE)
+    print(split, len(rows), round(accuracy, 4))
