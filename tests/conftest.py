@@ -16,8 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Seconds each group took with both workers busy (`--durations=0`, 2026-12-08, on the 2-core development machine;
 # only their proportions matter). The groups go to the workers longest first, so that the last to start are short
 # and both workers finish at about the same time (xdist's own order is by number of tests, which left one-test
-# modules of minutes for the end). The first group to need the session's
-# tiny run builds it (80 of test_experiments.py's 220 s); a group not listed counts as 0 s and runs after these.
+# modules of minutes for the end). The first group to need the session's tiny run builds it (80 of
+# test_experiments.py's 220 s); a group not listed counts as 0 s and runs after these.
 GROUP_SECONDS = {
     "test_experiments.py": 220,
     "test_fsdp.py": 160,
